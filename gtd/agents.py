@@ -1,0 +1,211 @@
+"""Agents in tmux: find, judge alive, start, stop, poke. One code path for every caller.
+
+The daemon's heartbeat, lifecycle requests and ``gtd agent`` all start agents
+through :func:`start_agent`, so every agent process gets SPEC's environment in its
+own ``/proc/PID/environ`` (through ``env`` at pane creation, not ``send-keys
+export``), and none inherits the daemon's identity variables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+import time
+import typing as t
+
+from gtd.tmux import CLIENT_ENV_DROP, PaneInfo, Tmux, env_argv
+
+if t.TYPE_CHECKING:
+    from gtd.config import Config
+    from gtd.identities import Identity
+
+logger = logging.getLogger(__name__)
+
+IDENTITY_VARS = ("GT_ROLE", "GT_RIG", "GT_CREW", "GT_POLECAT", "GT_SESSION", "BD_ACTOR")
+AGENT_UNSET = frozenset({*IDENTITY_VARS, "GT_REFINERY"})
+"""Removed from every agent's environment unless its identity sets them."""
+
+assert set(IDENTITY_VARS) <= CLIENT_ENV_DROP  # noqa: S101 - module invariant
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AgentView:
+    """An agent as one pane listing shows it."""
+
+    identity: Identity
+    pane: PaneInfo | None
+    alive: bool
+
+
+def agent_pane(panes: t.Iterable[PaneInfo], identity: Identity) -> PaneInfo | None:
+    """The pane the agent runs in: the one tagged with its identity, else the session's first.
+
+    Sessions made by upstream ``gt`` carry no tag; their first pane is the agent's.
+    """
+    first: PaneInfo | None = None
+    for pane in panes:
+        if pane.session_name != identity.session:
+            continue
+        if pane.agent == identity.dash:
+            return pane
+        if first is None and not pane.agent:
+            first = pane
+    return first
+
+
+def is_alive(pane: PaneInfo | None, alive_commands: t.Collection[str]) -> bool:
+    """Alive means: the pane lives and its foreground command is one of *alive_commands*."""
+    return pane is not None and not pane.dead and pane.current_command in alive_commands
+
+
+def view(panes: t.Sequence[PaneInfo], identity: Identity, config: Config) -> AgentView:
+    """Judge one agent from a listing already made (no tmux call)."""
+    pane = agent_pane(panes, identity)
+    return AgentView(identity, pane, is_alive(pane, config.agent.alive_commands))
+
+
+def spawn_argv(identity: Identity, config: Config) -> list[str]:
+    """The pane command: ``env`` with the identity's variables, then the agent command."""
+    env = identity.env()
+    return env_argv(env, AGENT_UNSET - env.keys(), config.agent.argv)
+
+
+class WorkdirMissing(FileNotFoundError):
+    """The agent's working directory does not exist."""
+
+
+def start_agent(
+    tmux: Tmux,
+    identity: Identity,
+    config: Config,
+    *,
+    panes: t.Sequence[PaneInfo] | None = None,
+    create_workdir: bool = False,
+) -> PaneInfo:
+    """Start (or restart) the agent in its own pane; other panes of its session stay.
+
+    Respawns the agent's pane when the session exists, else creates the session.
+    *panes* is a listing the caller already has, to save a tmux call.
+
+    Raises
+    ------
+    WorkdirMissing
+        The workdir is missing and *create_workdir* is false.
+    gtd.exc.TmuxError
+        tmux refused or timed out.
+    """
+    workdir = identity.workdir(config.town_root)
+    if create_workdir:
+        workdir.mkdir(parents=True, exist_ok=True)
+    elif not workdir.is_dir():
+        msg = f"workdir of {identity.dash} does not exist: {workdir}"
+        raise WorkdirMissing(msg)
+    if panes is None:
+        panes = tmux.list_panes()
+    pane = agent_pane(panes, identity)
+    argv = spawn_argv(identity, config)
+    env = identity.env()
+    if pane is None:
+        pane = tmux.new_session(
+            identity.session, cwd=str(workdir), env=env, argv=argv, tag=identity.dash
+        )
+        pane = dataclasses.replace(pane, agent=identity.dash)
+        how = "created session"
+    else:
+        pane = tmux.respawn_pane(
+            pane.pane_id, cwd=str(workdir), env=env, argv=argv, tag=identity.dash
+        )
+        how = "respawned pane"
+    logger.info(
+        "started %s (%s %s, pid %d)",
+        identity.dash,
+        how,
+        pane.pane_id,
+        pane.pane_pid,
+        extra=_fields(identity, pane),
+    )
+    return pane
+
+
+def stop_agent(tmux: Tmux, identity: Identity, *, whole_session: bool = False) -> bool:
+    """Stop the agent: kill its pane, or the whole session when asked or when it is alone.
+
+    Returns whether anything was there to stop.
+    """
+    panes = [p for p in tmux.list_panes() if p.session_name == identity.session]
+    pane = agent_pane(panes, identity)
+    if pane is None:
+        return False
+    if whole_session or len(panes) == 1:
+        tmux.kill_session(identity.session)
+    else:
+        tmux.kill_pane(pane.pane_id)
+    logger.info("stopped %s", identity.dash, extra=_fields(identity, pane))
+    return True
+
+
+def poke(
+    tmux: Tmux,
+    target: str,
+    text: str,
+    *,
+    tries: int = 3,
+    settle: float = 1.0,
+    sleep: t.Callable[[float], None] = time.sleep,
+    clock: t.Callable[[], float] = time.monotonic,
+) -> bool:
+    """Type *text* into the agent's input line and submit it; check that it went.
+
+    Clears the line (``C-u``), types the text literally, presses Enter and watches
+    the cursor line: while the text is still there the Enter was swallowed, so
+    Enter is pressed again, up to *tries* times. Returns whether the text left the
+    input line. Each wait is bounded by *settle* seconds.
+    """
+    probe = text[-10:]
+
+    def on_cursor_line() -> bool:
+        return probe in tmux.cursor_line(target)
+
+    tmux.send_key(target, "C-u")
+    tmux.send_literal(target, text)
+    if not _wait(on_cursor_line, settle, sleep, clock):
+        # The text never showed at the cursor: submit, but it cannot be confirmed.
+        tmux.send_key(target, "Enter")
+        return False
+    for _ in range(tries):
+        tmux.send_key(target, "Enter")
+        if _wait(lambda: not on_cursor_line(), settle, sleep, clock):
+            return True
+    return False
+
+
+def _wait(
+    predicate: t.Callable[[], bool],
+    timeout: float,
+    sleep: t.Callable[[float], None],
+    clock: t.Callable[[], float],
+) -> bool:
+    """Poll *predicate* every 20 ms until true or *timeout*; return its last value."""
+    deadline = clock() + timeout
+    while True:
+        if predicate():
+            return True
+        if clock() >= deadline:
+            return False
+        sleep(0.02)
+
+
+def _fields(identity: Identity, pane: PaneInfo) -> dict[str, t.Any]:
+    """Journal fields for an agent event."""
+    return {
+        "GTD_IDENTITY": identity.dash,
+        "GTD_SESSION": identity.session,
+        "GTD_PANE": pane.pane_id,
+        "GTD_AGENT_PID": pane.pane_pid,
+    }
+
+
+def workdir_of(identity: Identity, config: Config) -> pathlib.Path:
+    """Where the agent runs (SPEC's identity table)."""
+    return identity.workdir(config.town_root)

@@ -1,0 +1,305 @@
+"""``gtd``: the command line. Handlers are installed here and nowhere else."""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import logging
+import os
+import pathlib
+import sys
+import typing as t
+
+from gtd import __version__, agents, config, store, systemd
+from gtd.exc import EX_CONFIG, ConfigError, GtdError
+from gtd.identities import DEACON, identity_from_session
+from gtd.logs import setup_logging
+from gtd.tmux import Tmux
+
+logger = logging.getLogger(__name__)
+
+EX_USAGE = 2
+EX_NOT_RUNNING = 3
+
+
+class Namespace(argparse.Namespace):
+    """Typed view of the parsed arguments."""
+
+    command: str
+    config: str | None
+    verbose: bool
+    config_command: str
+    units_command: str
+    force: bool
+    now: bool
+
+
+def create_parser() -> argparse.ArgumentParser:
+    """The ``gtd`` parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="gtd",
+        description=(
+            "The Gas Town daemon as a systemd user service. It keeps the deacon agent "
+            "alive in tmux, pokes it every heartbeat, and carries out lifecycle requests."
+        ),
+        epilog=(
+            "Service: systemctl --user start|stop|reload gastown-daemon; "
+            "logs: journalctl --user -u gastown-daemon; "
+            "process lifecycle requests now: systemctl --user kill -s USR1 gastown-daemon"
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"gtd {__version__}")
+    parser.add_argument(
+        "--config",
+        metavar="PATH",
+        help="config file (default: $GTD_CONFIG, else $XDG_CONFIG_HOME/gastown/daemon.toml)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    create_run_subparser(sub)
+    create_status_subparser(sub)
+    create_config_subparser(sub)
+    create_units_subparser(sub)
+    create_tmux_server_subparser(sub)
+    return parser
+
+
+Subparsers = argparse._SubParsersAction
+
+
+def create_run_subparser(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    """``gtd run``."""
+    sub.add_parser(
+        "run",
+        help="run the daemon in the foreground (what the unit's ExecStart runs)",
+        description=(
+            "Run the daemon in the foreground until SIGTERM. Under systemd it sends "
+            "READY=1/STATUS=/WATCHDOG=1/STOPPING=1 and logs to the journal. Signals: "
+            "HUP reloads the config, USR1 processes lifecycle requests now. "
+            "Exit status 78 means the configuration is invalid."
+        ),
+    )
+
+
+def create_status_subparser(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    """``gtd status``."""
+    sub.add_parser(
+        "status",
+        help="what systemd, state.json and tmux say about the daemon and its agents",
+        description=(
+            "Show the service as systemd sees it (active state, main PID, STATUS= text, "
+            "restarts), the daemon's state.json, the deacon and every agent session. "
+            "Exit status 0 when the service is active, 3 when it is not."
+        ),
+    )
+
+
+def create_config_subparser(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    """``gtd config check|show|init``."""
+    parser = sub.add_parser(
+        "config",
+        help="check, show or create the config file",
+        description="Validate, print or create the config file. Invalid config exits 78.",
+    )
+    csub = parser.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    csub.add_parser(
+        "check",
+        help="validate the config file",
+        description="Validate the config file; print 'ok' or what is wrong (exit 78).",
+    )
+    csub.add_parser(
+        "show",
+        help="print the effective config as TOML",
+        description="Print the effective config (file plus defaults) as TOML.",
+    )
+    init = csub.add_parser(
+        "init",
+        help="write a commented default config file",
+        description="Write a commented default config file; never overwrites without --force.",
+    )
+    init.add_argument("--force", action="store_true", help="replace an existing file")
+
+
+def create_units_subparser(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    """``gtd units install|uninstall``."""
+    parser = sub.add_parser(
+        "units",
+        help="install or remove the systemd user units",
+        description=(
+            "Write gastown-daemon.service and gastown-tmux.service (pointing at this "
+            "installation's gtd) to ~/.config/systemd/user and reload the user manager."
+        ),
+    )
+    usub = parser.add_subparsers(dest="units_command", metavar="ACTION", required=True)
+    install = usub.add_parser(
+        "install",
+        help="write the units and reload",
+        description="Write the units and run daemon-reload; --now also enables and starts them.",
+    )
+    install.add_argument("--now", action="store_true", help="enable and start them too")
+    usub.add_parser(
+        "uninstall",
+        help="stop and disable the daemon, remove the units",
+        description=(
+            "Disable and stop gastown-daemon.service, disable gastown-tmux.service "
+            "(left running: stopping it would end every agent), remove both files."
+        ),
+    )
+
+
+def create_tmux_server_subparser(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    """``gtd tmux-server``."""
+    sub.add_parser(
+        "tmux-server",
+        help="run the configured tmux server in the foreground (gastown-tmux.service)",
+        description=(
+            "Exec `tmux [-L SOCKET] -D` for the configured socket, so the agents' tmux "
+            "server lives in its own unit and never in the daemon's cgroup."
+        ),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``gtd`` script; returns the exit status."""
+    args = create_parser().parse_args(argv, namespace=Namespace())
+    setup_logging(logging.DEBUG if args.verbose else logging.INFO)
+    commands: dict[str, t.Callable[[Namespace], int]] = {
+        "run": command_run,
+        "status": command_status,
+        "config": command_config,
+        "units": command_units,
+        "tmux-server": command_tmux_server,
+    }
+    try:
+        return commands[args.command](args)
+    except ConfigError as err:
+        print(f"gtd: invalid configuration: {err}", file=sys.stderr)
+        return EX_CONFIG
+    except GtdError as err:
+        print(f"gtd: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def load(args: Namespace) -> tuple[config.Config, pathlib.Path, bool]:
+    """Read the config named by --config / GTD_CONFIG / the default path."""
+    home = pathlib.Path.home()
+    path, explicit = config.resolve_config_path(args.config, os.environ, home)
+    return config.read_config(path, explicit=explicit, env=os.environ, home=home), path, explicit
+
+
+def command_run(args: Namespace) -> int:
+    """Run the daemon (imports the loop only here, to keep other commands light)."""
+    from gtd.daemon import Daemon
+
+    faulthandler.enable()  # a watchdog SIGABRT dumps every thread's stack to the journal
+    cfg, path, explicit = load(args)
+    daemon = Daemon(cfg, config_path=path, explicit=explicit)
+    try:
+        return daemon.run()
+    except GtdError as err:
+        logger.critical("cannot run: %s", err)
+        return 1
+
+
+def command_status(args: Namespace) -> int:
+    """Print systemd's, state.json's and tmux's view."""
+    props = systemd.show(
+        systemd.DAEMON_UNIT,
+        "ActiveState",
+        "SubState",
+        "MainPID",
+        "StatusText",
+        "NRestarts",
+        "Result",
+    )
+    active = props.get("ActiveState", "unknown")
+    print(
+        f"{systemd.DAEMON_UNIT}: {active} ({props.get('SubState', '?')}), "
+        f"main PID {props.get('MainPID', '0')}, restarts {props.get('NRestarts', '0')}, "
+        f"result {props.get('Result', '?')}"
+    )
+    if props.get("StatusText"):
+        print(f"  status: {props['StatusText']}")
+    try:
+        cfg, _, _ = load(args)
+    except ConfigError as err:
+        print(f"config: invalid: {err}")
+        return EX_CONFIG
+    st_path = store.state_path(cfg.town_root)
+    try:
+        st = store.read_json_object(st_path)
+    except FileNotFoundError:
+        print(f"state: {st_path} does not exist yet")
+    except GtdError as err:
+        print(f"state: unreadable: {err}")
+    else:
+        state = store.DaemonState.from_json(st)
+        print(
+            f"state: running={str(state.running).lower()} pid={state.pid} "
+            f"started_at={state.started_at or '-'} last_heartbeat={state.last_heartbeat or '-'} "
+            f"heartbeat_count={state.heartbeat_count}"
+        )
+    tmux = Tmux(cfg.tmux.socket)
+    try:
+        panes = tmux.list_panes()
+    except GtdError as err:
+        print(f"tmux: unavailable: {err}")
+        panes = []
+    deacon = agents.view(panes, DEACON, cfg)
+    if deacon.pane is None:
+        print(f"deacon: no session {DEACON.session}")
+    for pane in panes:
+        identity = identity_from_session(pane.session_name)
+        if identity is None or agents.agent_pane(panes, identity) != pane:
+            continue
+        alive = agents.is_alive(pane, cfg.agent.alive_commands)
+        print(
+            f"{identity.dash}: session {pane.session_name} pane {pane.pane_id} "
+            f"pid {pane.pane_pid} command {pane.current_command or '-'} "
+            f"{'alive' if alive else 'NOT alive'}"
+        )
+    return 0 if active == "active" else EX_NOT_RUNNING
+
+
+def command_config(args: Namespace) -> int:
+    """``config check|show|init``."""
+    home = pathlib.Path.home()
+    path, explicit = config.resolve_config_path(args.config, os.environ, home)
+    if args.config_command == "init":
+        config.write_config_file(path, config.default_config_text(), force=args.force)
+        print(f"wrote {path}")
+        return 0
+    cfg = config.read_config(path, explicit=explicit, env=os.environ, home=home)
+    if args.config_command == "check":
+        where = path if cfg.source is not None else f"{path} (absent: defaults)"
+        print(f"ok: {where}")
+        return 0
+    import tomli_w
+
+    sys.stdout.write(tomli_w.dumps(config.to_dict(cfg)))
+    return 0
+
+
+def command_units(args: Namespace) -> int:
+    """``units install [--now]`` / ``units uninstall``."""
+    unit_dir = systemd.user_unit_dir(os.environ, pathlib.Path.home())
+    if args.units_command == "install":
+        gtd = systemd.gtd_executable()
+        written = systemd.install_units(gtd, unit_dir, now=args.now)
+        for path in written:
+            print(f"wrote {path}")
+        print(f"units in {unit_dir} run {gtd}" + ("; enabled and started" if args.now else ""))
+        return 0
+    for path in systemd.uninstall_units(unit_dir):
+        print(f"removed {path}")
+    return 0
+
+
+def command_tmux_server(args: Namespace) -> int:
+    """Exec the tmux server in the foreground for the configured socket."""
+    cfg, _, _ = load(args)
+    argv = Tmux(cfg.tmux.socket).base_argv()
+    argv.remove("-N")
+    os.execv(argv[0], [*argv, "-D"])  # noqa: S606 - argv list, no shell

@@ -1,0 +1,71 @@
+"""The errors gtd raises: one base class, context in attributes and ``__str__``."""
+
+from __future__ import annotations
+
+import pathlib
+
+EX_CONFIG = 78
+"""sysexits.h EX_CONFIG: the unit's RestartPreventExitStatus= stops restarts on it."""
+
+
+class GtdError(Exception):
+    """Base class of every error gtd raises on purpose."""
+
+
+class ConfigError(GtdError):
+    """The configuration is invalid: names the file, the key and what is wrong."""
+
+    def __init__(self, path: pathlib.Path | str | None, key: str | None, problem: str) -> None:
+        self.path = path
+        self.key = key
+        self.problem = problem
+        where = str(path) if path is not None else "<config>"
+        if key:
+            where = f"{where}: {key}"
+        super().__init__(f"{where}: {problem}")
+
+
+class IdentityError(GtdError):
+    """An agent identity that is not one of SPEC's shapes."""
+
+    def __init__(self, identity: str, problem: str) -> None:
+        self.identity = identity
+        self.problem = problem
+        shown = identity if len(identity) <= 80 else identity[:77] + "..."
+        super().__init__(f"invalid identity {shown!r}: {problem}")
+
+
+class TmuxError(GtdError):
+    """A tmux command failed; renders as ``"<subcommand>: <stderr>"``."""
+
+    def __init__(self, stderr: str, subcommand: str = "") -> None:
+        self.stderr = stderr.strip()
+        self.subcommand = subcommand
+        super().__init__(f"{subcommand}: {self.stderr}" if subcommand else self.stderr)
+
+
+class TmuxNotFound(TmuxError):
+    """No tmux binary on PATH."""
+
+    def __init__(self) -> None:
+        super().__init__("tmux not found on PATH")
+
+
+class TmuxTimeout(TmuxError):
+    """A tmux command did not finish within its timeout (the server may be frozen)."""
+
+    def __init__(self, subcommand: str, timeout: float) -> None:
+        self.timeout = timeout
+        super().__init__(f"no answer within {timeout:g}s", subcommand=subcommand)
+
+
+class NoServer(TmuxError):
+    """The tmux server is not running (gtd never starts one itself)."""
+
+
+class SystemdError(GtdError):
+    """A systemctl call failed or timed out."""
+
+
+class StateError(GtdError):
+    """A state file could not be read or written."""

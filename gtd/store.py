@@ -1,0 +1,150 @@
+"""Files gtd writes: always whole (temp file, fsync, rename), never half-written.
+
+Also the daemon's ``state.json`` with upstream's keys (``running``, ``pid``,
+``started_at``, ``last_heartbeat``, ``heartbeat_count``) plus gtd's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import pathlib
+import stat
+import tempfile
+import typing as t
+
+from gtd.exc import StateError
+
+MAX_STATE_BYTES = 1 << 20
+"""State files are small; anything bigger is refused rather than read into memory."""
+
+
+def atomic_write(path: pathlib.Path, data: bytes, *, mode: int = 0o644) -> None:
+    """Replace *path* with *data* so readers see the old file or the new one, never a mix.
+
+    Writes a temp file in the same directory, fsyncs it, renames it over *path* and
+    fsyncs the directory. On any failure (disk full included) the old file is intact
+    and the temp file is removed.
+
+    Raises
+    ------
+    OSError
+        Whatever the write, fsync or rename raised.
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fchmod(f.fileno(), mode)
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
+
+
+def write_json(path: pathlib.Path, obj: t.Mapping[str, t.Any]) -> None:
+    """Atomically write *obj* as indented JSON (upstream's layout)."""
+    atomic_write(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def read_json_object(path: pathlib.Path) -> dict[str, t.Any]:
+    """Read a JSON object from *path*, refusing symlinks, huge files and non-objects.
+
+    Raises
+    ------
+    FileNotFoundError
+        The file does not exist.
+    StateError
+        Anything else: unreadable, not a regular file, too big, not UTF-8 JSON, not an object.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        msg = f"{path}: cannot open: {err.strerror}"
+        raise StateError(msg) from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            msg = f"{path}: not a regular file"
+            raise StateError(msg)
+        raw = f.read(MAX_STATE_BYTES + 1)
+    if len(raw) > MAX_STATE_BYTES:
+        msg = f"{path}: larger than {MAX_STATE_BYTES} bytes"
+        raise StateError(msg)
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        msg = f"{path}: not UTF-8 (byte {err.start})"
+        raise StateError(msg) from None
+    except json.JSONDecodeError as err:
+        msg = f"{path}: not JSON: {err.msg} at line {err.lineno} column {err.colno}"
+        raise StateError(msg) from None
+    if not isinstance(obj, dict):
+        msg = f"{path}: not a JSON object but {type(obj).__name__}"
+        raise StateError(msg)
+    return obj
+
+
+def now_iso() -> str:
+    """The current time as RFC 3339 with offset, like upstream's Go ``time.Time``."""
+    return datetime.datetime.now(datetime.UTC).astimezone().isoformat()
+
+
+@dataclasses.dataclass(slots=True)
+class DaemonState:
+    """``<town>/daemon/state.json``: what ``gtd status`` and upstream's ``gt`` read."""
+
+    running: bool = False
+    pid: int = 0
+    started_at: str = ""
+    last_heartbeat: str = ""
+    heartbeat_count: int = 0
+    motd_index: int = -1
+    deacon: dict[str, t.Any] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict[str, t.Any]:
+        """Upstream's keys first, then gtd's."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: t.Mapping[str, t.Any]) -> DaemonState:
+        """Lenient: wrong-typed or missing keys fall back to defaults (it is only a record)."""
+        state = cls()
+        for f in dataclasses.fields(cls):
+            value = obj.get(f.name)
+            default = getattr(state, f.name)
+            if isinstance(value, type(default)) and not (
+                isinstance(value, bool) and not isinstance(default, bool)
+            ):
+                setattr(state, f.name, value)
+        return state
+
+
+def state_path(town: pathlib.Path) -> pathlib.Path:
+    """``<town>/daemon/state.json``."""
+    return town / "daemon" / "state.json"
+
+
+def load_daemon_state(town: pathlib.Path) -> DaemonState:
+    """The last saved state; a missing or unreadable file gives a fresh one."""
+    try:
+        return DaemonState.from_json(read_json_object(state_path(town)))
+    except (FileNotFoundError, StateError):
+        return DaemonState()
+
+
+def save_daemon_state(town: pathlib.Path, state: DaemonState) -> None:
+    """Atomically write state.json."""
+    write_json(state_path(town), state.to_json())

@@ -1,0 +1,201 @@
+"""The systemd boundary: ``systemctl --user`` calls and the user units gtd installs.
+
+gtd talks to its user manager only through ``systemctl --user`` with a timeout,
+which works with or without a session D-Bus (it falls back to the manager's
+private socket).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import subprocess
+import typing as t
+
+from gtd.exc import SystemdError
+from gtd.store import atomic_write
+
+logger = logging.getLogger(__name__)
+
+DAEMON_UNIT = "gastown-daemon.service"
+TMUX_UNIT = "gastown-tmux.service"
+SYSTEMCTL_TIMEOUT = 30.0
+
+DAEMON_TEMPLATE = """\
+[Unit]
+Description=Gas Town daemon (gtd): keeps the deacon agent alive and carries out lifecycle requests
+Documentation=https://github.com/steveyegge/gastown
+Wants={tmux_unit}
+After={tmux_unit}
+StartLimitIntervalSec=10min
+StartLimitBurst=10
+
+[Service]
+Type=notify
+NotifyAccess=main
+ExecStart={gtd} run
+ExecReload=/bin/kill -HUP $MAINPID
+Restart=on-failure
+RestartSec=2s
+RestartPreventExitStatus=78
+WatchdogSec=30s
+TimeoutStartSec=60s
+TimeoutStopSec=20s
+# Only the daemon and its short-lived helpers live in this cgroup; agents live in
+# {tmux_unit}, so stopping or killing this unit never reaches an agent.
+KillMode=control-group
+NoNewPrivileges=yes
+LockPersonality=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+SystemCallArchitectures=native
+UMask=0022
+
+[Install]
+WantedBy=default.target
+"""
+
+TMUX_TEMPLATE = """\
+[Unit]
+Description=Gas Town tmux server (the agents' home, outside the daemon's cgroup)
+Documentation=man:tmux(1)
+
+[Service]
+Type=simple
+ExecStart={gtd} tmux-server
+# Stopping this unit ends every agent session; the daemon never does that itself.
+KillMode=control-group
+Restart=on-failure
+RestartSec=1s
+NoNewPrivileges=yes
+
+[Install]
+WantedBy=default.target
+"""
+
+UNITS = {DAEMON_UNIT: DAEMON_TEMPLATE, TMUX_UNIT: TMUX_TEMPLATE}
+
+
+def render_units(gtd: str) -> dict[str, str]:
+    """The unit files for a ``gtd`` executable at *gtd*."""
+    return {name: template.format(gtd=gtd, tmux_unit=TMUX_UNIT) for name, template in UNITS.items()}
+
+
+def user_unit_dir(env: t.Mapping[str, str], home: pathlib.Path) -> pathlib.Path:
+    """``$XDG_CONFIG_HOME/systemd/user`` (else ``~/.config/systemd/user``)."""
+    base = env.get("XDG_CONFIG_HOME") or str(home / ".config")
+    return pathlib.Path(base) / "systemd" / "user"
+
+
+def systemctl(*args: str, timeout: float = SYSTEMCTL_TIMEOUT, check: bool = True) -> str:
+    """Run ``systemctl --user ARGS``; return stdout.
+
+    Raises
+    ------
+    SystemdError
+        systemctl is missing, timed out, or (with *check*) failed.
+    """
+    argv = ["systemctl", "--user", *args]
+    try:
+        proc = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except FileNotFoundError:
+        msg = "systemctl not found on PATH"
+        raise SystemdError(msg) from None
+    except subprocess.TimeoutExpired:
+        msg = f"systemctl --user {' '.join(args)}: no answer within {timeout:g}s"
+        raise SystemdError(msg) from None
+    if check and proc.returncode != 0:
+        err = proc.stderr.strip() or f"exit status {proc.returncode}"
+        msg = f"systemctl --user {' '.join(args)}: {err}"
+        raise SystemdError(msg)
+    return proc.stdout
+
+
+def parse_show(text: str) -> dict[str, str]:
+    r"""Parse ``systemctl show`` ``KEY=VALUE`` lines.
+
+    >>> parse_show("ActiveState=active\nStatusText=a=b\n")
+    {'ActiveState': 'active', 'StatusText': 'a=b'}
+    """
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key] = value
+    return out
+
+
+def show(unit: str, *props: str) -> dict[str, str]:
+    """Properties of *unit* as the user manager knows them."""
+    return parse_show(systemctl("show", unit, "-p", ",".join(props)))
+
+
+def start_unit(unit: str) -> None:
+    """Start *unit* (waits for the start job, bounded by the systemctl timeout)."""
+    systemctl("start", unit)
+
+
+def install_units(
+    gtd: str, unit_dir: pathlib.Path, *, now: bool, reload: bool = True
+) -> list[pathlib.Path]:
+    """Write the units for *gtd* into *unit_dir*, reload, and with *now* enable --now.
+
+    Idempotent: files are rewritten atomically only when their text changed.
+    """
+    unit_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, text in render_units(gtd).items():
+        path = unit_dir / name
+        if not path.exists() or path.read_text() != text:
+            atomic_write(path, text.encode())
+            written.append(path)
+    if reload:
+        systemctl("daemon-reload")
+    if now:
+        systemctl("enable", "--now", TMUX_UNIT, DAEMON_UNIT)
+    return written
+
+
+def uninstall_units(unit_dir: pathlib.Path) -> list[pathlib.Path]:
+    """Disable and stop the daemon unit, remove both unit files, reload.
+
+    The tmux unit is disabled but not stopped: stopping it would end every agent.
+    """
+    systemctl("disable", "--now", DAEMON_UNIT, check=False)
+    systemctl("disable", TMUX_UNIT, check=False)
+    removed = []
+    for name in UNITS:
+        path = unit_dir / name
+        if path.exists():
+            path.unlink()
+            removed.append(path)
+    systemctl("daemon-reload")
+    return removed
+
+
+def gtd_executable() -> str:
+    """The absolute path of this installation's ``gtd`` script (next to its python)."""
+    import sys
+
+    candidate = pathlib.Path(sys.executable).parent / "gtd"
+    if candidate.exists():
+        return str(candidate)
+    argv0 = pathlib.Path(sys.argv[0])
+    if argv0.name == "gtd" and argv0.exists():
+        return str(argv0.resolve())
+    msg = f"cannot find the gtd executable next to {sys.executable}"
+    raise SystemdError(msg)
+
+
+def under_systemd(env: t.Mapping[str, str] | None = None) -> bool:
+    """Whether this process was started by a service manager that wants notifications."""
+    env = os.environ if env is None else env
+    return bool(env.get("NOTIFY_SOCKET"))

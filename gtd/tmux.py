@@ -1,0 +1,319 @@
+"""The tmux boundary: the only place gtd runs tmux, every call bounded by a timeout.
+
+libtmux is the model (``common.py tmux_cmd``, ``neo.py`` format parsing) but not the
+engine: its ``tmux_cmd`` waits on ``communicate()`` with no timeout, and a frozen
+tmux server would then stall the daemon's loop and its watchdog ping. So calls go
+through :meth:`Tmux.run`, which adds ``-N`` (never start a server: the server lives
+in ``gastown-tmux.service``, not in the daemon's cgroup), ``-u`` (format output is
+UTF-8 whatever the locale, so the field separator survives) and ``timeout=``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import subprocess
+import typing as t
+
+from gtd.exc import NoServer, TmuxError, TmuxNotFound, TmuxTimeout
+
+logger = logging.getLogger(__name__)
+
+SEP = "\u241e"
+"""Field separator in ``-F`` formats (SYMBOL FOR RECORD SEPARATOR), as libtmux's."""
+
+PANE_FIELDS = (
+    "session_name",
+    "pane_id",
+    "pane_pid",
+    "pane_dead",
+    "@gtd_agent",
+    "pane_current_command",
+)
+PANE_FORMAT = SEP.join(f"#{{{f}}}" for f in PANE_FIELDS)
+
+DEFAULT_TIMEOUT = 5.0
+
+# Variables of the caller that must not reach tmux (and through it, agents).
+CLIENT_ENV_DROP = frozenset(
+    {"TMUX", "TMUX_PANE", "GT_ROLE", "GT_RIG", "GT_CREW", "GT_POLECAT", "GT_SESSION", "BD_ACTOR"}
+)
+
+_NO_SERVER_MARKERS = ("no server running", "error connecting to", "server exited unexpectedly")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PaneInfo:
+    """One pane as ``list-panes -a`` reports it."""
+
+    session_name: str
+    pane_id: str
+    pane_pid: int
+    dead: bool
+    agent: str
+    """The identity gtd started in this pane (pane option ``@gtd_agent``), or ``""``."""
+    current_command: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TmuxResult:
+    """What one tmux invocation returned."""
+
+    argv: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def parse_panes(stdout: str) -> list[PaneInfo]:
+    r"""Parse ``list-panes -a -F PANE_FORMAT`` output; lines that do not fit are skipped.
+
+    >>> [pane] = parse_panes("gt-deacon\u241e%1\u241e42\u241e0\u241edeacon\u241enode\n")
+    >>> pane.pane_id, pane.pane_pid, pane.dead, pane.agent, pane.current_command
+    ('%1', 42, False, 'deacon', 'node')
+    >>> parse_panes("junk\n")
+    []
+    """
+    panes = []
+    for line in stdout.splitlines():
+        parts = line.split(SEP, len(PANE_FIELDS) - 1)
+        if len(parts) != len(PANE_FIELDS) or not parts[2].isdigit():
+            continue
+        session, pane_id, pid, dead, agent, command = parts
+        panes.append(PaneInfo(session, pane_id, int(pid), dead == "1", agent, command))
+    return panes
+
+
+def env_argv(env: t.Mapping[str, str], unset: t.Iterable[str], argv: t.Sequence[str]) -> list[str]:
+    """Wrap *argv* in ``env -u ... K=V ... --`` so the process starts with exactly that.
+
+    ``env`` execs the command, so the pane's PID is the agent's and its ``comm`` is
+    the agent's name; it also guarantees more than one argument, which makes tmux exec
+    directly instead of through a shell (no shell ever parses the agent command).
+
+    >>> env_argv({"GT_ROLE": "deacon"}, ["GT_RIG"], ["claude", "-x"])
+    ['env', '-u', 'GT_RIG', '--', 'GT_ROLE=deacon', 'claude', '-x']
+    """
+    out = ["env"]
+    for name in sorted(unset):
+        out += ["-u", name]
+    out += ["--", *(f"{k}={v}" for k, v in sorted(env.items()))]
+    return [_literal(a) for a in (*out, *argv)]
+
+
+def _literal(arg: str) -> str:
+    r"""Escape an argument so tmux's command parser does not take it as a ``;`` separator.
+
+    >>> _literal("a;"), _literal("b")
+    ('a\\;', 'b')
+    """
+    return arg[:-1] + "\\;" if arg.endswith(";") else arg
+
+
+class Tmux:
+    """A tmux server, addressed by socket name (``""`` is the user's default server).
+
+    Parameters
+    ----------
+    socket
+        ``tmux -L`` name; ``""`` means the default server.
+    timeout
+        Seconds any one call may take before :class:`~gtd.exc.TmuxTimeout`.
+    """
+
+    def __init__(self, socket: str = "", *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.socket = socket
+        self.timeout = timeout
+        self._binary: str | None = None
+        self.calls = 0
+        """How many tmux processes this object ran (the per-heartbeat work is measured by it)."""
+
+    @property
+    def binary(self) -> str:
+        """The tmux binary, resolved once."""
+        if self._binary is None:
+            found = shutil.which("tmux")
+            if found is None:
+                raise TmuxNotFound from None
+            self._binary = found
+        return self._binary
+
+    def base_argv(self) -> list[str]:
+        """``tmux -u -N [-L socket]``: the prefix of every call."""
+        argv = [self.binary, "-u", "-N"]
+        if self.socket:
+            argv += ["-L", self.socket]
+        return argv
+
+    def run(self, *args: str, timeout: float | None = None) -> TmuxResult:
+        """Run one tmux command; raise on failure.
+
+        Raises
+        ------
+        NoServer
+            The server is not running (gtd never starts it from here).
+        TmuxTimeout
+            No answer within the timeout; the child is killed.
+        TmuxError
+            Any other non-zero exit, with tmux's stderr.
+        """
+        argv = (*self.base_argv(), *args)
+        limit = self.timeout if timeout is None else timeout
+        env = {k: v for k, v in os.environ.items() if k not in CLIENT_ENV_DROP}
+        logger.debug("tmux %s", " ".join(args), extra={"GTD_TMUX_ARGV": " ".join(argv)})
+        self.calls += 1
+        try:
+            proc = subprocess.run(
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=limit,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise TmuxTimeout(args[0], limit) from None
+        result = TmuxResult(argv, proc.returncode, proc.stdout, proc.stderr)
+        if proc.returncode != 0:
+            stderr = proc.stderr.strip() or f"exit status {proc.returncode}"
+            if any(m in stderr for m in _NO_SERVER_MARKERS):
+                raise NoServer(stderr, subcommand=args[0])
+            raise TmuxError(stderr, subcommand=args[0])
+        return result
+
+    # -- probes and listings -------------------------------------------------
+
+    def server_running(self) -> bool:
+        """Whether the server answers (a frozen server raises TmuxTimeout instead)."""
+        try:
+            self.run("list-sessions", "-F", "#{session_name}")
+        except NoServer:
+            return False
+        except TmuxTimeout:
+            raise
+        except TmuxError as err:
+            # A live server with no sessions is still a server (exit-empty off).
+            return "no sessions" in err.stderr
+        return True
+
+    def list_panes(self) -> list[PaneInfo]:
+        """Every pane of every session in one call; ``[]`` when no server runs."""
+        try:
+            result = self.run("list-panes", "-a", "-F", PANE_FORMAT)
+        except NoServer:
+            return []
+        except TmuxError as err:
+            # tmux 3.3 says "no current target" for -a on a server without sessions.
+            if "no sessions" in err.stderr or "no current target" in err.stderr:
+                return []
+            raise
+        return parse_panes(result.stdout)
+
+    def pane(self, target: str) -> PaneInfo:
+        """One pane (or a session's active pane) by target."""
+        result = self.run("display-message", "-p", "-t", target, "-F", PANE_FORMAT)
+        panes = parse_panes(result.stdout)
+        if not panes:
+            msg = f"can't find pane: {target}"
+            raise TmuxError(msg, subcommand="display-message")
+        return panes[0]
+
+    # -- spawning ------------------------------------------------------------
+
+    def new_session(
+        self,
+        name: str,
+        *,
+        cwd: str,
+        env: t.Mapping[str, str],
+        argv: t.Sequence[str],
+        tag: str = "",
+    ) -> PaneInfo:
+        """Create a detached session whose one pane runs *argv* with *env*.
+
+        ``-e`` also puts the variables in the session environment, so a pane a person
+        opens there has them. ``remain-on-exit`` is set in the same invocation, before
+        the server can reap the child, so a dead agent leaves its pane for
+        ``respawn-pane`` and the person's other panes stay put.
+        """
+        env_flags = [x for k, v in sorted(env.items()) for x in ("-e", f"{k}={v}")]
+        result = self.run(
+            "new-session", "-d", "-s", name, "-c", cwd, "-x", "200", "-y", "50",
+            "-P", "-F", PANE_FORMAT, *env_flags, "--", *argv,
+            ";", "set-option", "-p", "-t", f"={name}:", "remain-on-exit", "on",
+            ";", "set-option", "-p", "-t", f"={name}:", "@gtd_agent", tag,
+        )  # fmt: skip
+        panes = parse_panes(result.stdout)
+        if not panes:
+            msg = f"no pane reported for new session {name}: {result.stdout!r}"
+            raise TmuxError(msg, subcommand="new-session")
+        return panes[0]
+
+    def respawn_pane(
+        self,
+        pane_id: str,
+        *,
+        cwd: str,
+        env: t.Mapping[str, str],
+        argv: t.Sequence[str],
+        tag: str = "",
+    ) -> PaneInfo:
+        """Kill whatever runs in *pane_id* and start *argv* there; other panes untouched."""
+        env_flags = [x for k, v in sorted(env.items()) for x in ("-e", f"{k}={v}")]
+        self.run(
+            "respawn-pane", "-k", "-t", pane_id, "-c", cwd, *env_flags, "--", *argv,
+            ";", "set-option", "-p", "-t", pane_id, "remain-on-exit", "on",
+            ";", "set-option", "-p", "-t", pane_id, "@gtd_agent", tag,
+        )  # fmt: skip
+        return self.pane(pane_id)
+
+    def kill_session(self, name: str) -> None:
+        """Kill a session by exact name; a missing session is not an error."""
+        try:
+            self.run("kill-session", "-t", f"={name}")
+        except NoServer:
+            return
+        except TmuxError as err:
+            if "can't find session" not in err.stderr:
+                raise
+
+    def kill_pane(self, pane_id: str) -> None:
+        """Kill one pane; a missing pane is not an error."""
+        try:
+            self.run("kill-pane", "-t", pane_id)
+        except NoServer:
+            return
+        except TmuxError as err:
+            if "can't find pane" not in err.stderr:
+                raise
+
+    # -- typing into panes ---------------------------------------------------
+
+    def send_literal(self, target: str, text: str) -> None:
+        """Type *text* literally (``send-keys -l``), no Enter."""
+        self.run("send-keys", "-t", target, "-l", "--", _literal(text))
+
+    def send_key(self, target: str, *keys: str) -> None:
+        """Send named keys (``Enter``, ``C-u``)."""
+        self.run("send-keys", "-t", target, *keys)
+
+    def cursor_line(self, target: str) -> str:
+        """The text of the line the cursor is on, trailing blanks stripped (one tmux call)."""
+        out = self.run(
+            "display-message", "-p", "-t", target, "#{cursor_y}",
+            ";", "capture-pane", "-p", "-t", target,
+        ).stdout  # fmt: skip
+        head, _, screen = out.partition("\n")
+        if not head.strip().isdigit():
+            msg = f"no cursor position for {target}: {head!r}"
+            raise TmuxError(msg, subcommand="display-message")
+        lines = screen.split("\n")
+        y = int(head.strip())
+        return lines[y].rstrip() if y < len(lines) else ""
+
+    def capture(self, target: str) -> str:
+        """The visible contents of a pane."""
+        return self.run("capture-pane", "-p", "-J", "-t", target).stdout

@@ -1,0 +1,219 @@
+"""``gtd run`` as a real process: notify socket, real tmux, the fake agent, real signals."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+import typing as t
+
+import pytest
+
+from tests.conftest import FakeAgent, TmuxServer, proc_environ
+from tests.sandbox import retry_until
+
+pytestmark = pytest.mark.integration
+
+
+class NotifySocket:
+    """A bound AF_UNIX datagram socket standing in for systemd's notify socket."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.05)
+        self.messages: list[str] = []
+
+    def drain(self) -> list[str]:
+        """Everything received so far."""
+        with contextlib.suppress(TimeoutError):
+            while True:
+                self.messages.append(self.sock.recv(65536).decode())
+        return self.messages
+
+    def has(self, field: str) -> bool:
+        """Whether any datagram carried *field* (e.g. ``READY=1``)."""
+        return any(field in m.split("\n") for m in self.drain())
+
+    def statuses(self) -> list[str]:
+        """Every STATUS= value in order."""
+        return [
+            line[len("STATUS=") :]
+            for m in self.drain()
+            for line in m.split("\n")
+            if line.startswith("STATUS=")
+        ]
+
+
+class Gtd:
+    """A ``gtd run`` child process with its config, town and notify socket."""
+
+    def __init__(
+        self, tmp: pathlib.Path, server: TmuxServer, agent: FakeAgent, **overrides: str
+    ) -> None:
+        self.town = tmp / "town"
+        self.config = tmp / "daemon.toml"
+        self.agent = agent
+        self.server = server
+        self.notify = NotifySocket(tmp / "notify")
+        self.write_config(**overrides)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stderr = tmp / "gtd.stderr"
+
+    def write_config(self, **overrides: str) -> None:
+        values = {
+            "town_root": json.dumps(str(self.town)),
+            "heartbeat_interval": '"300s"',
+            "command": json.dumps(self.agent.command()),
+            "socket": json.dumps(self.server.socket),
+        } | overrides
+        self.config.write_text(
+            f"town_root = {values['town_root']}\n"
+            f"heartbeat_interval = {values['heartbeat_interval']}\n"
+            f'[agent]\ncommand = {values["command"]}\nalive_commands = ["node"]\n'
+            f"[tmux]\nsocket = {values['socket']}\n"
+            '[lifecycle]\ngt_command = ""\n'
+        )
+
+    def start(self, **env: str) -> None:
+        environ = dict(os.environ, NOTIFY_SOCKET=str(self.notify.path), **env)
+        with self.stderr.open("wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gtd", "--config", str(self.config), "run"],
+                env=environ,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+
+    def log(self) -> str:
+        return self.stderr.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(10)
+
+    def state(self) -> dict[str, t.Any]:
+        obj: dict[str, t.Any] = json.loads((self.town / "daemon" / "state.json").read_text())
+        return obj
+
+    def deacon_pid(self) -> int | None:
+        out = self.server.cmd(
+            "list-panes", "-t", "=gt-deacon", "-F", "#{pane_pid} #{pane_dead}", check=False
+        ).stdout.split()
+        if len(out) == 2 and out[1] == "0":
+            return int(out[0])
+        return None
+
+
+@pytest.fixture
+def gtd(tmp_path: pathlib.Path, tmux_server: TmuxServer, fake_agent: FakeAgent) -> t.Iterator[Gtd]:
+    daemon = Gtd(tmp_path, tmux_server, fake_agent)
+    yield daemon
+    if daemon.proc is not None and daemon.proc.poll() is None:
+        daemon.proc.kill()
+        daemon.proc.wait(5)
+
+
+def test_ready_after_deacon_started_and_poked(gtd: Gtd) -> None:
+    """READY=1 comes once the deacon runs; its environment is SPEC's; state.json is written."""
+    gtd.start()
+    assert retry_until(lambda: gtd.notify.has("READY=1"), 10), gtd.log()
+    pid = gtd.deacon_pid()
+    assert pid is not None
+    env = proc_environ(pid)
+    assert (env.get("GT_ROLE"), env.get("BD_ACTOR")) == ("deacon", "deacon")
+    assert pathlib.Path(f"/proc/{pid}/cwd").resolve() == (gtd.town / "deacon").resolve()
+    assert retry_until(lambda: gtd.state()["heartbeat_count"] == 1, 10), gtd.log()
+    state = gtd.state()
+    assert state["running"] is True
+    assert state["pid"] == gtd.proc.pid if gtd.proc else False
+    assert any(s.startswith("deacon ") for s in gtd.notify.statuses())
+
+
+def test_dead_deacon_is_back_within_two_seconds(gtd: Gtd) -> None:
+    """Killing the agent wakes the loop through the pidfd; a new agent runs within 2 s."""
+    gtd.start()
+    assert retry_until(lambda: gtd.notify.has("READY=1"), 10), gtd.log()
+    first = gtd.deacon_pid()
+    assert first is not None
+    # The guard counts an exit within startsecs as a quick failure; restart is immediate still.
+    os.kill(first, signal.SIGKILL)
+    killed = time.monotonic()
+    assert retry_until(lambda: gtd.deacon_pid() not in (None, first), 5), gtd.log()
+    assert time.monotonic() - killed < 2.0
+
+
+def test_sigterm_stops_and_leaves_the_agent(gtd: Gtd) -> None:
+    """SIGTERM: STOPPING=1, state.json running=false, exit 0, the agent keeps running."""
+    gtd.start()
+    assert retry_until(lambda: gtd.notify.has("READY=1"), 10), gtd.log()
+    pid = gtd.deacon_pid()
+    assert gtd.stop() == 0
+    assert gtd.notify.has("STOPPING=1")
+    assert gtd.state()["running"] is False
+    assert gtd.deacon_pid() == pid
+
+
+def test_sighup_with_bad_config_keeps_running(gtd: Gtd) -> None:
+    """A broken config on reload is refused, the daemon stays, STATUS says why."""
+    gtd.start()
+    assert retry_until(lambda: gtd.notify.has("READY=1"), 10), gtd.log()
+    gtd.config.write_text("heartbeat_interval = 'soon'\n")
+    gtd.signal(signal.SIGHUP)
+    assert retry_until(lambda: any("reload failed" in s for s in gtd.notify.statuses()), 5), (
+        gtd.log()
+    )
+    assert gtd.notify.has("RELOADING=1")
+    assert "heartbeat_interval" in gtd.log()
+    assert gtd.proc is not None
+    assert gtd.proc.poll() is None
+
+
+def test_invalid_config_exits_78(gtd: Gtd) -> None:
+    """An invalid config at start exits 78 naming file and key; no READY."""
+    gtd.config.write_text("[agent]\ncomand = 'x'\n")
+    gtd.start()
+    assert gtd.proc is not None
+    assert gtd.proc.wait(10) == 78
+    assert "agent.comand" in gtd.log()
+    assert str(gtd.config) in gtd.log()
+    assert not gtd.notify.has("READY=1")
+
+
+def test_heartbeat_pokes_with_rotating_motd(gtd: Gtd) -> None:
+    """Each heartbeat after the deacon's start types HEARTBEAT: <motd>, never twice the same."""
+    gtd.write_config(heartbeat_interval="1")
+    gtd.config.write_text(gtd.config.read_text() + '[motd]\nmessages = ["one", "two", "three"]\n')
+    gtd.start()
+    assert retry_until(lambda: len(gtd.agent.received()) >= 4, 15), gtd.log()
+    got = gtd.agent.received()[:4]
+    assert all(line.startswith("HEARTBEAT: ") for line in got)
+    assert {line.removeprefix("HEARTBEAT: ") for line in got} <= {"one", "two", "three"}
+    assert all(a != b for a, b in itertools.pairwise(got))
+    assert "poked deacon" in gtd.log()
+
+
+def test_usr1_wakes_the_loop_at_once(gtd: Gtd) -> None:
+    """SIGUSR1 neither kills the daemon nor waits for the heartbeat: it is handled at once."""
+    gtd.start()
+    assert retry_until(lambda: gtd.notify.has("READY=1"), 10), gtd.log()
+    for _ in range(20):
+        gtd.signal(signal.SIGUSR1)
+    assert retry_until(lambda: "SIGUSR1: processing lifecycle requests" in gtd.log(), 2)
+    assert gtd.proc is not None
+    assert gtd.proc.poll() is None
