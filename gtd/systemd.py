@@ -10,10 +10,11 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
-import subprocess
 import typing as t
 
 from gtd.exc import SystemdError
+from gtd.proc import Timeout
+from gtd.proc import run as run_bounded
 from gtd.store import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -98,18 +99,11 @@ def systemctl(*args: str, timeout: float = SYSTEMCTL_TIMEOUT, check: bool = True
     """
     argv = ["systemctl", "--user", *args]
     try:
-        proc = subprocess.run(
-            argv,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
+        proc = run_bounded(argv, timeout=timeout)
     except FileNotFoundError:
         msg = "systemctl not found on PATH"
         raise SystemdError(msg) from None
-    except subprocess.TimeoutExpired:
+    except Timeout:
         msg = f"systemctl --user {' '.join(args)}: no answer within {timeout:g}s"
         raise SystemdError(msg) from None
     if check and proc.returncode != 0:

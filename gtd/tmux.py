@@ -14,10 +14,11 @@ import dataclasses
 import logging
 import os
 import shutil
-import subprocess
 import typing as t
 
 from gtd.exc import NoServer, TmuxError, TmuxNotFound, TmuxTimeout
+from gtd.proc import Timeout
+from gtd.proc import run as run_bounded
 
 logger = logging.getLogger(__name__)
 
@@ -165,16 +166,8 @@ class Tmux:
         logger.debug("tmux %s", " ".join(args), extra={"GTD_TMUX_ARGV": " ".join(argv)})
         self.calls += 1
         try:
-            proc = subprocess.run(
-                argv,
-                capture_output=True,
-                text=True,
-                timeout=limit,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
+            proc = run_bounded(argv, timeout=limit, env=env)
+        except Timeout:
             raise TmuxTimeout(args[0], limit) from None
         result = TmuxResult(argv, proc.returncode, proc.stdout, proc.stderr)
         if proc.returncode != 0:
