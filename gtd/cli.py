@@ -154,7 +154,8 @@ def create_tmux_server_subparser(sub: Subparsers[argparse.ArgumentParser]) -> No
         help="run the configured tmux server in the foreground (gastown-tmux.service)",
         description=(
             "Exec `tmux [-L SOCKET] -D` for the configured socket, so the agents' tmux "
-            "server lives in its own unit and never in the daemon's cgroup."
+            "server lives in its own unit and never in the daemon's cgroup. Exits 0 "
+            "at once when a server already answers on that socket."
         ),
     )
 
@@ -298,8 +299,19 @@ def command_units(args: Namespace) -> int:
 
 
 def command_tmux_server(args: Namespace) -> int:
-    """Exec the tmux server in the foreground for the configured socket."""
+    """Exec the tmux server in the foreground for the configured socket.
+
+    A server already answering on that socket (a person's own default server) is
+    left alone: exit 0 so systemd does not restart-loop on it.
+    """
     cfg, _, _ = load(args)
-    argv = Tmux(cfg.tmux.socket).base_argv()
+    tmux = Tmux(cfg.tmux.socket)
+    if tmux.server_running():
+        logger.info(
+            "tmux server %s already runs outside this unit; leaving it alone",
+            cfg.tmux.socket or "(default)",
+        )
+        return 0
+    argv = tmux.base_argv()
     argv.remove("-N")
     os.execv(argv[0], [*argv, "-D"])  # noqa: S606 - argv list, no shell

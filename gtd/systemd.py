@@ -46,12 +46,17 @@ TimeoutStopSec=20s
 # Only the daemon and its short-lived helpers live in this cgroup; agents live in
 # {tmux_unit}, so stopping or killing this unit never reaches an agent.
 KillMode=control-group
+# Hardening a user manager can apply (seccomp and no_new_privs need no namespaces).
+# Network families stay open: pre-sync runs git fetch for refinery and crew.
 NoNewPrivileges=yes
 LockPersonality=yes
+MemoryDenyWriteExecute=yes
 RestrictRealtime=yes
 RestrictSUIDSGID=yes
+RestrictNamespaces=yes
 SystemCallArchitectures=native
-UMask=0022
+SystemCallFilter=@system-service
+RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
 
 [Install]
 WantedBy=default.target

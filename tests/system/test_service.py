@@ -1,0 +1,298 @@
+"""gastown-daemon.service under a real ``systemd --user`` and journald, driven as a user would.
+
+Everything goes through ``gtd units install``, ``systemctl --user``, ``journalctl
+--user -u`` and ``gtd status``; the fake agent is the only stand-in (for ``claude``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import secrets
+import shutil
+import typing as t
+
+import pytest
+
+from tests.conftest import FAKE_AGENT, proc_environ
+from tests.sandbox import UserManager, retry_until
+
+if t.TYPE_CHECKING:
+    from collections.abc import Iterator
+
+DAEMON = "gastown-daemon.service"
+TMUX = "gastown-tmux.service"
+
+
+@dataclasses.dataclass
+class Town:
+    """One test's town, config and units in the sandbox user's home."""
+
+    um: UserManager
+    venv: pathlib.Path
+    name: str
+    cursor: str | None = None
+    agent_args: str = "--trap"
+
+    @property
+    def root(self) -> pathlib.Path:
+        return self.um.home / self.name
+
+    @property
+    def socket(self) -> str:
+        return f"gtd_sys_{self.name}"
+
+    @property
+    def log(self) -> pathlib.Path:
+        return self.root / "agent.log"
+
+    @property
+    def gtd(self) -> pathlib.Path:
+        return self.venv / "bin" / "gtd"
+
+    @property
+    def dropin(self) -> pathlib.Path:
+        return self.um.unit_dir / f"{DAEMON}.d" / "test.conf"
+
+    def config_text(self, **overrides: str) -> str:
+        node = self.um.home / "fake" / "node"
+        agent = self.um.home / "fake" / "agent.py"
+        values = {
+            "town_root": json.dumps(str(self.root)),
+            "heartbeat_interval": '"300s"',
+            "command": json.dumps(f"{node} {agent} --log {self.log} {self.agent_args}"),
+        } | overrides
+        return (
+            f"town_root = {values['town_root']}\n"
+            f"heartbeat_interval = {values['heartbeat_interval']}\n"
+            f'[agent]\ncommand = {values["command"]}\nalive_commands = ["node"]\n'
+            f'[tmux]\nsocket = "{self.socket}"\n'
+            '[lifecycle]\ngt_command = ""\n'
+        )
+
+    def write_config(self, text: str | None = None) -> None:
+        self.um.write_file(".config/gastown/daemon.toml", text or self.config_text())
+
+    def set_dropin(self, text: str) -> None:
+        self.um.write_file(self.dropin.relative_to(self.um.home), f"[Service]\n{text}\n")
+        self.um.systemctl("daemon-reload")
+
+    def gtd_cmd(self, *args: str, check: bool = True) -> str:
+        return self.um.run(str(self.gtd), *args, check=check).stdout
+
+    def show(self, *props: str) -> dict[str, str]:
+        return self.um.show(DAEMON, *props)
+
+    def main_pid(self) -> int:
+        return int(self.show("MainPID")["MainPID"])
+
+    def deacon_pid(self) -> int | None:
+        proc = self.um.run(
+            "tmux", "-L", self.socket, "list-panes", "-t", "=gt-deacon",
+            "-F", "#{pane_pid} #{pane_dead} #{pane_current_command}", check=False,
+        )  # fmt: skip
+        parts = proc.stdout.split()
+        if proc.returncode == 0 and len(parts) == 3 and parts[1:] == ["0", "node"]:
+            return int(parts[0])
+        return None
+
+    def messages(self) -> list[str]:
+        return [str(e.get("MESSAGE", "")) for e in self.journal()]
+
+    def journal(self) -> list[dict[str, t.Any]]:
+        return self.um.journal(DAEMON, after_cursor=self.cursor)
+
+    def agent_signals(self) -> list[str]:
+        try:
+            return [ln for ln in self.log.read_text().splitlines() if " SIGNAL " in ln]
+        except FileNotFoundError:
+            return []
+
+    def start(self) -> None:
+        self.um.systemctl("start", DAEMON)
+        assert retry_until(lambda: self.deacon_pid() is not None, 10), self.messages()
+
+
+@pytest.fixture
+def town(manager: UserManager, gtd_venv: pathlib.Path) -> Iterator[Town]:
+    """A fresh town with the fake agent, config and units installed by ``gtd units install``."""
+    town = Town(manager, gtd_venv, f"t{secrets.token_hex(3)}")
+    fake = manager.home / "fake"
+    manager.write_file("fake/agent.py", FAKE_AGENT.read_text())
+    if not (fake / "node").is_symlink():
+        (fake / "node").symlink_to("/usr/bin/python3")
+    town.write_config()
+    out = town.gtd_cmd("units", "install")
+    assert f"units in {manager.unit_dir} run {town.gtd}" in out
+    assert (manager.unit_dir / DAEMON).exists()
+    town.cursor = manager.journal_cursor()
+    yield town
+    manager.systemctl("stop", DAEMON, TMUX, check=False)
+    manager.systemctl("reset-failed", DAEMON, TMUX, check=False)
+    if town.dropin.exists():
+        shutil.rmtree(town.dropin.parent)
+        manager.systemctl("daemon-reload")
+    shutil.rmtree(town.root, ignore_errors=True)
+
+
+def test_units_verify(town: Town) -> None:
+    """The installed units pass systemd-analyze --user verify."""
+    proc = town.um.run(
+        "systemd-analyze", "--user", "verify", str(town.um.unit_dir / DAEMON),
+        str(town.um.unit_dir / TMUX), check=False,
+    )  # fmt: skip
+    assert (0, "") == (proc.returncode, proc.stderr.strip())
+
+
+def test_start_is_ready_with_deacon_in_tmux_unit(town: Town) -> None:
+    """start returns after READY=1; the deacon runs with SPEC's environment in the tmux unit."""
+    town.start()
+    props = town.show("ActiveState", "SubState", "StatusText", "NRestarts")
+    assert ("active", "running", "0") == (
+        props["ActiveState"],
+        props["SubState"],
+        props["NRestarts"],
+    )
+    assert props["StatusText"].startswith("deacon ")
+    pid = town.deacon_pid()
+    assert pid is not None
+    cgroup = pathlib.Path(f"/proc/{pid}/cgroup").read_text()
+    assert TMUX in cgroup
+    assert DAEMON not in cgroup
+    env = proc_environ(pid)
+    assert ("deacon", "deacon") == (env.get("GT_ROLE"), env.get("BD_ACTOR"))
+    status = town.gtd_cmd("status")
+    assert f"{DAEMON}: active (running), main PID {town.main_pid()}" in status
+    assert f"deacon: session gt-deacon pane %0 pid {pid} command node alive" in status
+    state = json.loads((town.root / "daemon" / "state.json").read_text())
+    assert (True, town.main_pid()) == (state["running"], state["pid"])
+
+
+def test_journal_has_priorities_and_fields(town: Town) -> None:
+    """Daemon logs reach journald as gtd with PRIORITY and uppercase GTD_* fields."""
+    town.start()
+    entry = town.um.wait_journal(
+        DAEMON,
+        lambda e: str(e.get("MESSAGE", "")).startswith("started deacon"),
+        after_cursor=town.cursor,
+    )
+    assert ("gtd", "6", "deacon", "gt-deacon") == (
+        entry.get("SYSLOG_IDENTIFIER"),
+        entry.get("PRIORITY"),
+        entry.get("GTD_IDENTITY"),
+        entry.get("GTD_SESSION"),
+    )
+
+
+def test_restart_and_stop_leave_the_agent_alone(town: Town) -> None:
+    """restart, stop and start of the daemon keep the deacon's PID; no signal reaches it."""
+    town.start()
+    pid = town.deacon_pid()
+    old_main = town.main_pid()
+    town.um.systemctl("restart", DAEMON)
+    assert town.main_pid() != old_main
+    assert pid == town.deacon_pid()
+    town.um.systemctl("stop", DAEMON)
+    assert "inactive" == town.show("ActiveState")["ActiveState"]
+    assert pid == town.deacon_pid()
+    state = json.loads((town.root / "daemon" / "state.json").read_text())
+    assert state["running"] is False
+    town.um.systemctl("start", DAEMON)
+    assert pid == town.deacon_pid()
+    assert [] == town.agent_signals()
+
+
+def test_usr1_reaches_the_daemon_and_no_agent(town: Town) -> None:
+    """systemctl --user kill -s USR1 wakes the daemon's loop; the trapping agent sees nothing."""
+    town.start()
+    pid = town.deacon_pid()
+    main = town.main_pid()
+    town.um.systemctl("kill", "-s", "USR1", DAEMON)
+    town.um.wait_journal(
+        DAEMON,
+        lambda e: "SIGUSR1: processing lifecycle requests now" in str(e.get("MESSAGE")),
+        after_cursor=town.cursor,
+        timeout=5,
+    )
+    assert (main, pid) == (town.main_pid(), town.deacon_pid())
+    assert [] == town.agent_signals()
+
+
+def test_reload_bad_config_keeps_running(town: Town) -> None:
+    """reload with a broken config keeps the old one and says why; a good one then applies."""
+    town.start()
+    main = town.main_pid()
+    town.write_config("heartbeat_interval = 'soon'\n")
+    town.um.systemctl("reload", DAEMON)
+    assert retry_until(lambda: "reload failed" in town.show("StatusText")["StatusText"], 5)
+    entry = town.um.wait_journal(
+        DAEMON,
+        lambda e: "reload refused" in str(e.get("MESSAGE")),
+        after_cursor=town.cursor,
+    )
+    assert "heartbeat_interval" in str(entry["MESSAGE"])
+    assert "3" == entry.get("PRIORITY")
+    town.write_config()
+    town.um.systemctl("reload", DAEMON)
+    assert retry_until(lambda: "reload" not in town.show("StatusText")["StatusText"], 5)
+    assert ("active", main) == (town.show("ActiveState")["ActiveState"], town.main_pid())
+
+
+def test_invalid_config_fails_without_restart_loop(town: Town) -> None:
+    """An invalid config makes start fail with status 78, named in the journal; no restarts."""
+    town.write_config("[agent]\ncomand = 'x'\n")
+    proc = town.um.systemctl("start", DAEMON, check=False)
+    assert proc.returncode != 0
+    props = town.show("ActiveState", "NRestarts", "ExecMainStatus")
+    assert ("failed", "0", "78") == (
+        props["ActiveState"],
+        props["NRestarts"],
+        props["ExecMainStatus"],
+    )
+    assert any("agent.comand" in m for m in town.messages())
+
+
+def test_dead_agent_is_brought_back(town: Town) -> None:
+    """A fake agent that exits is running again within 2 s, before any heartbeat."""
+    town.start()
+    pid = town.deacon_pid()
+    assert pid is not None
+    town.um.run("kill", "-KILL", str(pid))
+    assert retry_until(lambda: town.deacon_pid() not in (None, pid), 2.5), town.messages()
+
+
+def test_hung_loop_is_killed_by_the_watchdog(town: Town) -> None:
+    """A hung loop stops the pings: systemd kills it, the journal has the traceback, it restarts.
+
+    The hang comes from the test-only switch GTD_TEST_HANG_FILE; the agent keeps its PID.
+    """
+    hang = town.root / "hang"
+    town.set_dropin(f"WatchdogSec=3s\nEnvironment=GTD_TEST_HANG_FILE={hang}")
+    town.start()
+    pid, main = town.deacon_pid(), town.main_pid()
+    town.um.write_file(hang.relative_to(town.um.home), "")
+    town.um.systemctl("kill", "-s", "USR1", DAEMON)  # wake the loop into the hang
+    town.um.wait_journal(
+        DAEMON,
+        lambda e: "in _maybe_hang" in str(e.get("MESSAGE")),
+        after_cursor=town.cursor,
+        timeout=15,
+    )
+    hang.unlink()
+    assert retry_until(lambda: town.show("NRestarts")["NRestarts"] == "1", 15)
+    assert retry_until(lambda: town.show("ActiveState")["ActiveState"] == "active", 15)
+    assert town.main_pid() != main
+    assert any("Watchdog timeout" in m or "watchdog" in m.lower() for m in town.messages())
+    assert pid == town.deacon_pid()
+    assert [] == town.agent_signals()
+
+
+def test_killed_tmux_server_comes_back_through_systemd(town: Town) -> None:
+    """When the agents' tmux server dies, the daemon restarts its unit and the deacon."""
+    town.set_dropin("Environment=")  # no-op drop-in keeps the fixture's cleanup uniform
+    town.start()
+    old = town.deacon_pid()
+    town.um.run("tmux", "-L", town.socket, "kill-server")
+    assert retry_until(lambda: town.deacon_pid() not in (None, old), 10), town.messages()
+    assert "active" == town.um.show(TMUX, "ActiveState")["ActiveState"]
