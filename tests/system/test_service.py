@@ -146,7 +146,7 @@ def test_units_verify(town: Town) -> None:
 
 
 def test_start_is_ready_with_deacon_in_tmux_unit(town: Town) -> None:
-    """start returns after READY=1; the deacon runs with SPEC's environment in the tmux unit."""
+    """Start returns after READY=1; the deacon runs with SPEC's environment in the tmux unit."""
     town.start()
     props = town.show("ActiveState", "SubState", "StatusText", "NRestarts")
     assert ("active", "running", "0") == (
@@ -204,7 +204,7 @@ def test_restart_and_stop_leave_the_agent_alone(town: Town) -> None:
 
 
 def test_usr1_reaches_the_daemon_and_no_agent(town: Town) -> None:
-    """systemctl --user kill -s USR1 wakes the daemon's loop; the trapping agent sees nothing."""
+    """USR1 through systemctl --user kill wakes the loop; the trapping agent sees nothing."""
     town.start()
     pid = town.deacon_pid()
     main = town.main_pid()
@@ -220,7 +220,7 @@ def test_usr1_reaches_the_daemon_and_no_agent(town: Town) -> None:
 
 
 def test_reload_bad_config_keeps_running(town: Town) -> None:
-    """reload with a broken config keeps the old one and says why; a good one then applies."""
+    """A reload with a broken config keeps the old one and says why; a good one then applies."""
     town.start()
     main = town.main_pid()
     town.write_config("heartbeat_interval = 'soon'\n")
