@@ -206,15 +206,19 @@ def command_run(args: Namespace) -> int:
 
 def command_status(args: Namespace) -> int:
     """Print systemd's, state.json's and tmux's view."""
-    props = systemd.show(
-        systemd.DAEMON_UNIT,
-        "ActiveState",
-        "SubState",
-        "MainPID",
-        "StatusText",
-        "NRestarts",
-        "Result",
-    )
+    try:
+        props = systemd.show(
+            systemd.DAEMON_UNIT,
+            "ActiveState",
+            "SubState",
+            "MainPID",
+            "StatusText",
+            "NRestarts",
+            "Result",
+        )
+    except GtdError as err:
+        print(f"{systemd.DAEMON_UNIT}: user manager unavailable: {err}")
+        props = {}
     active = props.get("ActiveState", "unknown")
     print(
         f"{systemd.DAEMON_UNIT}: {active} ({props.get('SubState', '?')}), "

@@ -1,15 +1,18 @@
 """sd_notify: READY, STATUS, WATCHDOG, RELOADING, STOPPING to the service manager.
 
-Sent through ``sdnotify`` with ``debug=True`` (otherwise it swallows every error),
-wrapped with python-systemd's semantics: a no-op returning ``False`` outside
-systemd, ``@`` mapped to an abstract socket (sdnotify does that), and a broken
-socket raised for the caller to decide on.
+Sent through ``sdnotify``, wrapped with python-systemd's semantics: a no-op
+returning ``False`` outside systemd, ``@`` mapped to an abstract socket, and a
+broken socket raised for the caller to decide on. sdnotify falls short twice: it
+reads ``NOTIFY_SOCKET`` from ``os.environ`` itself and swallows every error
+unless ``debug=True``; so this module connects the socket from the environment it
+was given and hands it to sdnotify, with ``debug=True``, for sending.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 import typing as t
 
@@ -51,7 +54,7 @@ class Notifier:
         if not self.socket:
             return False
         if self._notifier is None:
-            self._notifier = sdnotify.SystemdNotifier(debug=True)
+            self._notifier = _connect(self.socket)
         payload = "\n".join(f.replace("\n", " ") for f in fields)
         # sdnotify encodes latin-1; anything else becomes '?', never an exception.
         self._notifier.notify(payload.encode("latin-1", "replace").decode("latin-1"))
@@ -82,6 +85,20 @@ class Notifier:
         """``STOPPING=1`` with a status line."""
         self._last_status = status
         return self.notify("STOPPING=1", f"STATUS={status}")
+
+
+def _connect(address: str) -> sdnotify.SystemdNotifier:
+    """An sdnotify notifier on *address* that raises instead of swallowing."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.connect("\0" + address[1:] if address.startswith("@") else address)
+    except OSError:
+        sock.close()
+        raise
+    notifier = sdnotify.SystemdNotifier.__new__(sdnotify.SystemdNotifier)
+    notifier.debug = True
+    notifier.socket = sock
+    return notifier
 
 
 def _watchdog_interval(env: t.Mapping[str, str]) -> float | None:

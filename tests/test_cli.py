@@ -1,0 +1,136 @@
+"""The command line: help that answers, clear errors, config commands, unit files."""
+
+from __future__ import annotations
+
+import pathlib
+import typing as t
+
+import pytest
+
+from gtd import cli, systemd
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+class HelpCase(t.NamedTuple):
+    test_id: str
+    argv: list[str]
+    expect: str
+
+
+HELP_CASES = [
+    HelpCase("top", ["--help"], "journalctl --user -u gastown-daemon"),
+    HelpCase("run", ["run", "--help"], "Exit status 78 means the configuration is invalid"),
+    HelpCase("status", ["status", "--help"], "Exit status 0 when the service is active"),
+    HelpCase("config", ["config", "--help"], "check"),
+    HelpCase("config-check", ["config", "check", "--help"], "Validate the config file"),
+    HelpCase("config-show", ["config", "show", "--help"], "effective config"),
+    HelpCase("config-init", ["config", "init", "--help"], "never overwrites without --force"),
+    HelpCase("units", ["units", "--help"], "install"),
+    HelpCase("units-install", ["units", "install", "--help"], "--now"),
+    HelpCase("units-uninstall", ["units", "uninstall", "--help"], "left running"),
+    HelpCase("tmux-server", ["tmux-server", "--help"], "-D"),
+]
+
+
+@pytest.mark.parametrize(list(HelpCase._fields), HELP_CASES, ids=[c.test_id for c in HELP_CASES])
+def test_help(
+    test_id: str, argv: list[str], expect: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every command has --help that exits 0 and says what it does."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert 0 == exc.value.code
+    assert expect in " ".join(capsys.readouterr().out.split())
+
+
+def test_missing_subcommand_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """No command: usage on stderr, exit 2, no traceback."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main([])
+    assert 2 == exc.value.code
+    err = capsys.readouterr().err
+    assert "usage: gtd" in err
+    assert "Traceback" not in err
+
+
+def test_config_init_check_show(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Init writes a file check accepts; init again refuses without --force; show prints TOML."""
+    path = tmp_path / "conf" / "daemon.toml"
+    assert 0 == cli.main(["--config", str(path), "config", "init"])
+    original = path.read_bytes()
+    assert 0 == cli.main(["--config", str(path), "config", "check"])
+    assert 78 == cli.main(["--config", str(path), "config", "init"])
+    assert "--force" in capsys.readouterr().err
+    assert original == path.read_bytes()
+    assert 0 == cli.main(["--config", str(path), "config", "show"])
+    out = capsys.readouterr().out
+    assert 'command = "claude --dangerously-skip-permissions"' in out
+    assert "heartbeat_interval = 300" in out
+
+
+def test_config_check_names_file_and_key(
+    tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad value exits 78 with the file and the key in one line on stderr."""
+    path = tmp_path / "daemon.toml"
+    path.write_text('heartbeat_interval = "5 minutes"\n')
+    assert 78 == cli.main(["--config", str(path), "config", "check"])
+    err = capsys.readouterr().err
+    assert err.startswith(f"gtd: invalid configuration: {path}: heartbeat_interval:")
+    assert "Traceback" not in err
+
+
+def test_config_default_path_follows_xdg(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --config, $XDG_CONFIG_HOME/gastown/daemon.toml is the file (absent = defaults)."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert 0 == cli.main(["config", "check"])
+    assert f"{tmp_path}/xdg/gastown/daemon.toml (absent: defaults)" in capsys.readouterr().out
+    monkeypatch.setenv("GTD_CONFIG", str(tmp_path / "missing.toml"))
+    assert 78 == cli.main(["config", "check"])
+    assert "missing.toml" in capsys.readouterr().err
+
+
+def test_status_without_manager_still_reports(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With no user manager reachable, status says so, shows the rest, and exits 3."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "no-runtime"))
+    monkeypatch.setenv("GT_TOWN_ROOT", str(tmp_path / "town"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    assert 3 == cli.main(["status"])
+    out = capsys.readouterr().out
+    assert "gastown-daemon.service: user manager unavailable" in out
+    assert "does not exist yet" in out
+
+
+def test_packaged_units_match_the_renderer() -> None:
+    """units/ holds exactly what gtd units install writes for /usr/bin/gtd."""
+    for name, text in systemd.render_units("/usr/bin/gtd").items():
+        assert text == (REPO / "units" / name).read_text(), name
+
+
+def test_daemon_unit_contract() -> None:
+    """The daemon unit carries the directives SPEC relies on."""
+    text = systemd.render_units("/x/gtd")[systemd.DAEMON_UNIT]
+    for line in (
+        "Type=notify",
+        "ExecStart=/x/gtd run",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "Restart=on-failure",
+        "RestartPreventExitStatus=78",
+        "WatchdogSec=30s",
+        "NotifyAccess=main",
+    ):
+        assert line in text.splitlines()
+
+
+def test_install_units_is_idempotent(tmp_path: pathlib.Path) -> None:
+    """Installing twice writes once; files are complete unit files."""
+    first = systemd.install_units("/x/gtd", tmp_path, now=False, reload=False)
+    second = systemd.install_units("/x/gtd", tmp_path, now=False, reload=False)
+    assert 2 == len(first)
+    assert [] == second
+    assert "ExecStart=/x/gtd tmux-server" in (tmp_path / systemd.TMUX_UNIT).read_text()
