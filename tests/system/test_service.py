@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 import secrets
 import shutil
+import subprocess
 import typing as t
 
 import pytest
@@ -21,6 +23,7 @@ from tests.sandbox import UserManager, retry_until
 if t.TYPE_CHECKING:
     from collections.abc import Iterator
 
+REPO = pathlib.Path(__file__).resolve().parents[2]
 DAEMON = "gastown-daemon.service"
 TMUX = "gastown-tmux.service"
 
@@ -296,3 +299,45 @@ def test_killed_tmux_server_comes_back_through_systemd(town: Town) -> None:
     town.um.run("tmux", "-L", town.socket, "kill-server")
     assert retry_until(lambda: town.deacon_pid() not in (None, old), 10), town.messages()
     assert "active" == town.um.show(TMUX, "ActiveState")["ActiveState"]
+
+
+def test_readme_install_command(manager: UserManager, tmp_path: pathlib.Path) -> None:
+    """./scripts/install from a clone gets the sandbox user a running gastown-daemon.service.
+
+    This is the README's first command, run as a normal user with its own venv.
+    """
+    clone = manager.home / "gtd-clone"
+    shutil.rmtree(clone, ignore_errors=True)
+    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=60)
+    subprocess.run(["chown", "-R", f"{manager.uid}:{manager.gid}", str(clone)], check=True)
+    town = manager.home / "install-town"
+    fake = manager.home / "fake"
+    manager.write_file("fake/agent.py", FAKE_AGENT.read_text())
+    if not (fake / "node").is_symlink():
+        (fake / "node").symlink_to("/usr/bin/python3")
+    manager.write_file(
+        ".config/gastown/daemon.toml",
+        f'town_root = "{town}"\n'
+        f'[agent]\ncommand = "{fake}/node {fake}/agent.py --log {town}/agent.log"\n'
+        'alive_commands = ["node"]\n[tmux]\nsocket = "gtd_sys_install"\n'
+        '[lifecycle]\ngt_command = ""\n',
+    )
+    venv = manager.home / "install-venv"
+    try:
+        proc = manager.run(
+            str(clone / "scripts" / "install"),
+            env={"GTD_VENV": str(venv), "PIP_FIND_LINKS": os.environ.get("PIP_FIND_LINKS", "")},
+            timeout=600,
+            check=False,
+        )
+        assert 0 == proc.returncode, proc.stdout + proc.stderr
+        assert "gastown-daemon.service: active (running)" in proc.stdout
+        assert "active" == manager.show(DAEMON, "ActiveState")["ActiveState"]
+        assert f"ExecStart={venv}/bin/gtd run" in (manager.unit_dir / DAEMON).read_text()
+        assert "enabled" == manager.systemctl("is-enabled", DAEMON).stdout.strip()
+    finally:
+        manager.systemctl("disable", "--now", DAEMON, TMUX, check=False)
+        manager.run("tmux", "-L", "gtd_sys_install", "kill-server", check=False)
+        shutil.rmtree(clone, ignore_errors=True)
+        shutil.rmtree(venv, ignore_errors=True)
+        shutil.rmtree(town, ignore_errors=True)
