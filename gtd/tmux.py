@@ -10,6 +10,7 @@ UTF-8 whatever the locale, so the field separator survives) and ``timeout=``.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 import os
@@ -128,8 +129,8 @@ class Tmux:
         self.socket = socket
         self.timeout = timeout
         self._binary: str | None = None
-        self.calls = 0
-        """How many tmux processes this object ran (the per-heartbeat work is measured by it)."""
+        self.calls: collections.Counter[str] = collections.Counter()
+        """tmux processes run, by subcommand (the per-heartbeat work is measured by it)."""
 
     @property
     def binary(self) -> str:
@@ -164,7 +165,7 @@ class Tmux:
         limit = self.timeout if timeout is None else timeout
         env = {k: v for k, v in os.environ.items() if k not in CLIENT_ENV_DROP}
         logger.debug("tmux %s", " ".join(args), extra={"GTD_TMUX_ARGV": " ".join(argv)})
-        self.calls += 1
+        self.calls[args[0]] += 1
         try:
             proc = run_bounded(argv, timeout=limit, env=env)
         except Timeout:
