@@ -145,6 +145,9 @@ class Daemon:
         self.start_tmux()
         deadline = self.clock() + TMUX_START_WAIT
         while not self.tmux.server_running():
+            if _stop_requested:
+                msg = "stop requested while waiting for the tmux server"
+                raise Stopping(msg)
             if self.clock() > deadline:
                 msg = f"tmux server not up {TMUX_START_WAIT:g}s after starting {TMUX_UNIT}"
                 raise GtdError(msg)
@@ -160,6 +163,8 @@ class Daemon:
                 self.tick()
                 wake = self._wait(self._timeout())
                 self.handle(wake)
+        except Stopping as err:
+            logger.info("%s", err)
         finally:
             self._shutdown()
         return 0
@@ -288,6 +293,8 @@ class Daemon:
             if not self.tmux.server_running():
                 self.ensure_tmux()
             panes = self.tmux.list_panes()
+        except Stopping:
+            raise
         except GtdError as err:
             logger.error("tmux unavailable: %s", err)  # noqa: TRY400 - no traceback for this
             self._problem = f"tmux unavailable: {err}"
@@ -447,8 +454,19 @@ class Daemon:
             logger.error("cannot write %s: %s", store.state_path(self.config.town_root), err)  # noqa: TRY400
 
 
+_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+_stop_requested = False
+
+
+class Stopping(GtdError):
+    """SIGTERM/SIGINT arrived while the loop was waiting inside a step."""
+
+
 def _note_signal(signum: int, frame: object) -> None:
-    """Handlers only exist so the wakeup fd gets the signal number."""
+    """Record stop requests; the wakeup fd carries every signal to the loop."""
+    global _stop_requested  # a signal handler has nowhere else to write
+    if signum in _STOP_SIGNALS:
+        _stop_requested = True
 
 
 def _home(env: t.Mapping[str, str]) -> pathlib.Path:

@@ -138,8 +138,12 @@ def show(unit: str, *props: str) -> dict[str, str]:
 
 
 def start_unit(unit: str) -> None:
-    """Start *unit* (waits for the start job, bounded by the systemctl timeout)."""
-    systemctl("start", unit)
+    """Queue a start of *unit* and return at once (``--no-block``).
+
+    Not waiting matters: if a stop of the caller's own unit is queued, a blocking
+    start behind it would hold the caller until systemd's stop timeout.
+    """
+    systemctl("start", "--no-block", unit)
 
 
 def install_units(

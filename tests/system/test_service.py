@@ -341,3 +341,36 @@ def test_readme_install_command(manager: UserManager, tmp_path: pathlib.Path) ->
         shutil.rmtree(clone, ignore_errors=True)
         shutil.rmtree(venv, ignore_errors=True)
         shutil.rmtree(town, ignore_errors=True)
+
+
+def test_existing_tmux_server_is_used_not_replaced(town: Town) -> None:
+    """A server already on the socket (a person's) is used; the tmux unit exits 0, no loop."""
+    town.um.run("tmux", "-L", town.socket, "-f", "/dev/null", "new-session", "-d", "-s", "mine")
+    server_pid = town.um.run("tmux", "-L", town.socket, "display-message", "-p", "#{pid}").stdout
+    town.start()
+    tmux_unit = town.um.show(TMUX, "ActiveState", "Result", "NRestarts")
+    assert ("inactive", "success", "0") == (
+        tmux_unit["ActiveState"],
+        tmux_unit["Result"],
+        tmux_unit["NRestarts"],
+    )
+    sessions = town.um.run("tmux", "-L", town.socket, "list-sessions", "-F", "#{session_name}")
+    assert {"mine", "gt-deacon"} == set(sessions.stdout.split())
+    assert (
+        server_pid
+        == town.um.run("tmux", "-L", town.socket, "display-message", "-p", "#{pid}").stdout
+    )
+    town.um.run("tmux", "-L", town.socket, "kill-server")
+
+
+def test_units_uninstall_stops_daemon_and_keeps_agents(town: Town) -> None:
+    """Uninstall stops and removes the daemon unit; the tmux unit and the agent keep running."""
+    town.start()
+    pid = town.deacon_pid()
+    out = town.gtd_cmd("units", "uninstall")
+    assert f"removed {town.um.unit_dir / DAEMON}" in out
+    assert not (town.um.unit_dir / DAEMON).exists()
+    assert not (town.um.unit_dir / TMUX).exists()
+    assert "inactive" == town.show("ActiveState")["ActiveState"]
+    assert pid == town.deacon_pid()
+    assert [] == town.agent_signals()
