@@ -14,6 +14,8 @@ import pathlib
 import time
 import typing as t
 
+from gtd.exc import GtdError
+from gtd.systemd import TMUX_UNIT
 from gtd.tmux import CLIENT_ENV_DROP, PaneInfo, Tmux, env_argv
 
 if t.TYPE_CHECKING:
@@ -69,6 +71,50 @@ def spawn_argv(identity: Identity, config: Config) -> list[str]:
     """The pane command: ``env`` with the identity's variables, then the agent command."""
     env = identity.env()
     return env_argv(env, AGENT_UNSET - env.keys(), config.agent.argv)
+
+
+TMUX_START_WAIT = 10.0
+
+
+class Stopping(GtdError):
+    """A stop was requested while waiting inside a step."""
+
+
+def ensure_server(
+    tmux: Tmux,
+    start_unit: t.Callable[[], None],
+    *,
+    stop_requested: t.Callable[[], bool] = lambda: False,
+    clock: t.Callable[[], float] = time.monotonic,
+    wait: float = TMUX_START_WAIT,
+) -> None:
+    """Make sure the agents' tmux server runs: if not, *start_unit* (systemd) and wait.
+
+    gtd never starts a tmux server as its own child (``tmux -N``), so the server
+    always lives in ``gastown-tmux.service``.
+
+    Raises
+    ------
+    Stopping
+        *stop_requested* turned true while waiting.
+    GtdError
+        The server did not answer within *wait* seconds.
+    """
+    if tmux.server_running():
+        return
+    logger.warning(
+        "tmux server %s is not running; starting %s", tmux.socket or "(default)", TMUX_UNIT
+    )
+    start_unit()
+    deadline = clock() + wait
+    while not tmux.server_running():
+        if stop_requested():
+            msg = "stop requested while waiting for the tmux server"
+            raise Stopping(msg)
+        if clock() > deadline:
+            msg = f"tmux server not up {wait:g}s after starting {TMUX_UNIT}"
+            raise GtdError(msg)
+        time.sleep(0.02)
 
 
 class WorkdirMissing(FileNotFoundError):

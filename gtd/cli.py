@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
+import getpass
 import logging
 import os
 import pathlib
 import sys
 import typing as t
 
-from gtd import __version__, agents, config, store, systemd
-from gtd.exc import EX_CONFIG, ConfigError, GtdError
-from gtd.identities import DEACON, identity_from_session
+from gtd import __version__, agents, config, lifecycle, store, systemd
+from gtd.exc import EX_CONFIG, ConfigError, GtdError, IdentityError, RequestError
+from gtd.identities import DEACON, identity_from_session, parse_identity
 from gtd.logs import setup_logging
-from gtd.tmux import Tmux
+from gtd.tmux import PaneInfo, Tmux
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,9 @@ class Namespace(argparse.Namespace):
     units_command: str
     force: bool
     now: bool
+    identity: str
+    action: str
+    agent_command: str
 
 
 def create_parser() -> argparse.ArgumentParser:
@@ -60,6 +64,8 @@ def create_parser() -> argparse.ArgumentParser:
     create_status_subparser(sub)
     create_config_subparser(sub)
     create_units_subparser(sub)
+    create_request_subparser(sub)
+    create_agent_subparser(sub)
     create_tmux_server_subparser(sub)
     return parser
 
@@ -147,6 +153,53 @@ def create_units_subparser(sub: Subparsers[argparse.ArgumentParser]) -> None:
     )
 
 
+def create_request_subparser(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    """``gtd request IDENTITY ACTION [--force]``."""
+    parser = sub.add_parser(
+        "request",
+        help="queue a lifecycle request and wake the daemon",
+        description=(
+            "Queue a lifecycle request (cycle, restart, shutdown or stop) for an agent in "
+            "the spool, then wake the daemon with SIGUSR1 through systemd so it is "
+            "carried out at once. Prints the request id. The daemon acts only when the "
+            "agent's state file has requesting_<action>: true; --force sets it first. "
+            "A request the daemon cannot carry out ends in <town>/daemon/lifecycle/failed/ "
+            "with the reason, and in the journal."
+        ),
+    )
+    parser.add_argument("identity", help="mayor, deacon, <rig>-witness, gastown/crew/max, ...")
+    parser.add_argument("action", help="cycle, restart, shutdown or stop")
+    parser.add_argument(
+        "--force", action="store_true", help="set the agent's requesting_<action> flag too"
+    )
+
+
+def create_agent_subparser(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    """``gtd agent start|stop|restart|list``."""
+    parser = sub.add_parser(
+        "agent",
+        help="start, stop, restart or list agents (same code path as the daemon)",
+        description=(
+            "Start, stop or restart one agent in its tmux session, with the same "
+            "environment rules as the daemon (GT_ROLE, BD_ACTOR, GT_RIG, GT_REFINERY "
+            "in the agent's own environment), or list every agent."
+        ),
+    )
+    asub = parser.add_subparsers(dest="agent_command", metavar="ACTION", required=True)
+    for name, text in (
+        ("start", "start the agent unless it is already alive"),
+        ("stop", "stop the agent (its pane; the session when it is the only pane)"),
+        ("restart", "restart the agent in its pane (other panes stay)"),
+    ):
+        one = asub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        one.add_argument("identity", help="mayor, deacon, <rig>-witness, gastown/crew/max, ...")
+    asub.add_parser(
+        "list",
+        help="list agent sessions",
+        description="List every agent: identity, session, pane, pane PID, alive or not.",
+    )
+
+
 def create_tmux_server_subparser(sub: Subparsers[argparse.ArgumentParser]) -> None:
     """``gtd tmux-server``."""
     sub.add_parser(
@@ -169,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         "status": command_status,
         "config": command_config,
         "units": command_units,
+        "request": command_request,
+        "agent": command_agent,
         "tmux-server": command_tmux_server,
     }
     try:
@@ -176,6 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"gtd: invalid configuration: {err}", file=sys.stderr)
         return EX_CONFIG
+    except (IdentityError, RequestError) as err:
+        print(f"gtd: {err}", file=sys.stderr)
+        return EX_USAGE
+    except agents.WorkdirMissing as err:
+        print(f"gtd: {err}", file=sys.stderr)
+        return 1
     except GtdError as err:
         print(f"gtd: {err}", file=sys.stderr)
         return 1
@@ -255,6 +316,17 @@ def command_status(args: Namespace) -> int:
     deacon = agents.view(panes, DEACON, cfg)
     if deacon.pane is None:
         print(f"deacon: no session {DEACON.session}")
+    print_agents(panes, cfg)
+    queued, failed = lifecycle.pending(cfg.town_root), lifecycle.failed(cfg.town_root)
+    print(f"lifecycle: {len(queued)} pending, {len(failed)} failed")
+    for rec in failed[-5:]:
+        print(f"  failed {rec.get('id', '?')}: {rec.get('reason', '?')}")
+    return 0 if active == "active" else EX_NOT_RUNNING
+
+
+def print_agents(panes: t.Sequence[PaneInfo], cfg: config.Config) -> int:
+    """One line per agent pane found in *panes*; return how many."""
+    count = 0
     for pane in panes:
         identity = identity_from_session(pane.session_name)
         if identity is None or agents.agent_pane(panes, identity) != pane:
@@ -265,7 +337,8 @@ def command_status(args: Namespace) -> int:
             f"pid {pane.pane_pid} command {pane.current_command or '-'} "
             f"{'alive' if alive else 'NOT alive'}"
         )
-    return 0 if active == "active" else EX_NOT_RUNNING
+        count += 1
+    return count
 
 
 def command_config(args: Namespace) -> int:
@@ -299,6 +372,53 @@ def command_units(args: Namespace) -> int:
         return 0
     for path in systemd.uninstall_units(unit_dir):
         print(f"removed {path}")
+    return 0
+
+
+def command_request(args: Namespace) -> int:
+    """Queue a request, wake the daemon through systemd, print the id."""
+    cfg, _, _ = load(args)
+    sender = os.environ.get("BD_ACTOR") or os.environ.get("GT_ROLE") or f"user:{getpass.getuser()}"
+    if args.force:
+        identity = parse_identity(args.identity)
+        workdir = identity.workdir(cfg.town_root)
+        if identity != DEACON and not workdir.is_dir():
+            msg = f"workdir of {identity.dash} does not exist: {workdir}; nothing queued"
+            raise RequestError(msg)
+        lifecycle.set_request_flag(cfg.town_root, args.identity, args.action)
+    rid = lifecycle.enqueue(cfg.town_root, args.identity, args.action, sender=sender)
+    print(rid)
+    try:
+        systemd.systemctl("kill", "--kill-who=main", "-s", "USR1", systemd.DAEMON_UNIT)
+    except GtdError as err:
+        print(
+            f"gtd: request {rid} queued, but the daemon was not woken ({err}); "
+            "it is carried out when gastown-daemon.service runs",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def command_agent(args: Namespace) -> int:
+    """``agent start|stop|restart IDENTITY`` and ``agent list``."""
+    cfg, _, _ = load(args)
+    tmux = Tmux(cfg.tmux.socket)
+    if args.agent_command == "list":
+        if not print_agents(tmux.list_panes(), cfg):
+            print("no agents")
+        return 0
+    identity = parse_identity(args.identity)
+    if args.agent_command == "stop":
+        stopped = agents.stop_agent(tmux, identity)
+        print(f"{identity.dash}: {'stopped' if stopped else 'not running'}")
+        return 0
+    agents.ensure_server(tmux, lambda: systemd.start_unit(systemd.TMUX_UNIT))
+    panes = tmux.list_panes()
+    if args.agent_command == "start" and agents.view(panes, identity, cfg).alive:
+        print(f"{identity.dash}: already running")
+        return 0
+    pane = agents.start_agent(tmux, identity, cfg, panes=panes, create_workdir=identity == DEACON)
+    print(f"{identity.dash}: started in {identity.session} pane {pane.pane_id} pid {pane.pane_pid}")
     return 0
 
 

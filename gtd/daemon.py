@@ -22,6 +22,7 @@ import typing as t
 
 from gtd import agents, store
 from gtd import state as sv
+from gtd.agents import Stopping
 from gtd.config import Config, read_config
 from gtd.exc import ConfigError, GtdError, TmuxError
 from gtd.identities import DEACON
@@ -33,8 +34,6 @@ logger = logging.getLogger(__name__)
 
 HANG_SWITCH = "GTD_TEST_HANG_FILE"
 """Test-only fault switch: while the file it names exists, the loop hangs."""
-
-TMUX_START_WAIT = 10.0
 
 
 class Lifecycle(t.Protocol):
@@ -135,23 +134,9 @@ class Daemon:
 
     def ensure_tmux(self) -> None:
         """Make sure the tmux server runs, starting it through systemd if not."""
-        if self.tmux.server_running():
-            return
-        logger.warning(
-            "tmux server %s is not running; starting %s",
-            self.tmux.socket or "(default)",
-            TMUX_UNIT,
+        agents.ensure_server(
+            self.tmux, self.start_tmux, stop_requested=lambda: _stop_requested, clock=self.clock
         )
-        self.start_tmux()
-        deadline = self.clock() + TMUX_START_WAIT
-        while not self.tmux.server_running():
-            if _stop_requested:
-                msg = "stop requested while waiting for the tmux server"
-                raise Stopping(msg)
-            if self.clock() > deadline:
-                msg = f"tmux server not up {TMUX_START_WAIT:g}s after starting {TMUX_UNIT}"
-                raise GtdError(msg)
-            time.sleep(0.02)
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; return the exit status."""
@@ -456,10 +441,6 @@ class Daemon:
 
 _STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 _stop_requested = False
-
-
-class Stopping(GtdError):
-    """SIGTERM/SIGINT arrived while the loop was waiting inside a step."""
 
 
 def _note_signal(signum: int, frame: object) -> None:

@@ -35,6 +35,10 @@ class IdentityError(GtdError):
         super().__init__(f"invalid identity {shown!r}: {problem}")
 
 
+class RequestError(GtdError):
+    """A lifecycle request that can never be carried out as written."""
+
+
 class TmuxError(GtdError):
     """A tmux command failed; renders as ``"<subcommand>: <stderr>"``."""
 

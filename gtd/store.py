@@ -91,6 +91,9 @@ def read_json_object(path: pathlib.Path) -> dict[str, t.Any]:
     except json.JSONDecodeError as err:
         msg = f"{path}: not JSON: {err.msg} at line {err.lineno} column {err.colno}"
         raise StateError(msg) from None
+    except RecursionError:
+        msg = f"{path}: not JSON: nested too deeply"
+        raise StateError(msg) from None
     if not isinstance(obj, dict):
         msg = f"{path}: not a JSON object but {type(obj).__name__}"
         raise StateError(msg)

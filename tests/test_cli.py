@@ -30,6 +30,12 @@ HELP_CASES = [
     HelpCase("units-install", ["units", "install", "--help"], "--now"),
     HelpCase("units-uninstall", ["units", "uninstall", "--help"], "left running"),
     HelpCase("tmux-server", ["tmux-server", "--help"], "-D"),
+    HelpCase("request", ["request", "--help"], "Prints the request id"),
+    HelpCase("agent", ["agent", "--help"], "same environment rules as the daemon"),
+    HelpCase("agent-start", ["agent", "start", "--help"], "unless it is already alive"),
+    HelpCase("agent-stop", ["agent", "stop", "--help"], "Stop the agent"),
+    HelpCase("agent-restart", ["agent", "restart", "--help"], "other panes stay"),
+    HelpCase("agent-list", ["agent", "list", "--help"], "alive or not"),
 ]
 
 

@@ -1,0 +1,635 @@
+"""Lifecycle requests: a crash-safe spool, upstream's ``gt mail`` source, and the actions.
+
+Requests live in ``<town>/daemon/lifecycle/``. :func:`enqueue` writes one whole to
+``tmp/`` and renames it into ``new/``; the daemon claims it by renaming it into
+``cur/``, records ``attempts`` there before acting and ``executed`` after, and removes
+it only once everything succeeded, or moves it to ``failed/`` with a reason. A crash
+anywhere means the next pass finishes the request; a broken one is tried at most
+:data:`MAX_ATTEMPTS` times and never blocks the others. Pure parsing comes first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import re
+import secrets
+import shutil
+import stat
+import time
+import typing as t
+
+from gtd import agents, proc, store
+from gtd.exc import GtdError, IdentityError, RequestError, StateError, TmuxError
+from gtd.identities import Identity, parse_identity
+
+if t.TYPE_CHECKING:
+    from gtd.config import Config
+    from gtd.tmux import Tmux
+
+logger = logging.getLogger(__name__)
+
+ACTIONS = {"shutdown": "shutdown", "stop": "shutdown", "cycle": "cycle", "restart": "restart"}
+"""Accepted actions, each mapped to the one whose ``requesting_<action>`` flag it needs."""
+MAX_ATTEMPTS = 3
+MAX_REQUEST_BYTES = 64 * 1024
+PRESYNC_TIMEOUT = 60.0
+MAIL_TIMEOUT = 30.0
+PRESYNC_STEPS: tuple[tuple[str, ...], ...] = (
+    ("git", "fetch", "origin"),
+    ("git", "pull", "--rebase", "origin", "main"),
+    ("bd", "sync"),
+)
+SUBDIRS = ("tmp", "new", "cur", "failed")
+
+_ID = re.compile(r"[0-9]{20}-[0-9a-f]{8}|mail-[A-Za-z0-9_-]{1,100}")
+_MAIL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+_FIELDS = ("id", "identity", "action", "created_at", "from")
+_WORDS = {"restart": "restart", "shutdown": "shutdown", "stop": "shutdown", "cycle": "cycle"}
+_WORDS |= {f"action: {a}": a for a in ("restart", "shutdown", "cycle")}
+_KINDS = {stat.S_IFLNK: "symlink", stat.S_IFDIR: "directory", stat.S_IFIFO: "FIFO"}
+Record: t.TypeAlias = dict[str, t.Any]
+
+
+class _DeleteFailed(GtdError):
+    """``gt mail delete`` failed; the request is kept and the delete retried."""
+
+
+# -- pure: ids, records, mail ---------------------------------------------------
+
+
+def new_id() -> str:
+    """A fresh request id; ids sort in creation order."""
+    return f"{time.time_ns():020d}-{secrets.token_hex(4)}"
+
+
+def file_id(name: str) -> str | None:
+    """The request id of a spool file name ``<id>.json``, or None.
+
+    >>> file_id("00000000000000000001-0a0b0c0d.json"), file_id("../x.json")
+    ('00000000000000000001-0a0b0c0d', None)
+    """
+    stem = name.removesuffix(".json")
+    return stem if stem != name and _ID.fullmatch(stem) else None
+
+
+def canonical_action(action: object) -> str:
+    """*action* in lower case. Raises RequestError unless it is one of :data:`ACTIONS`."""
+    if not isinstance(action, str) or action.lower() not in ACTIONS:
+        shown = repr(action[:40]) if isinstance(action, str) else type(action).__name__
+        msg = f"unknown action {shown} (expected one of: {', '.join(ACTIONS)})"
+        raise RequestError(msg)
+    return action.lower()
+
+
+def flag_key(action: str) -> str:
+    """The state-file flag an action needs: ``stop`` is an alias of ``shutdown``."""
+    return f"requesting_{ACTIONS[canonical_action(action)]}"
+
+
+def check_record(rec: t.Mapping[str, t.Any], rid: str) -> tuple[Identity, str]:
+    """Validate a spool record read from ``<rid>.json``; return its identity and action.
+
+    Raises
+    ------
+    RequestError
+        A problem noted at import, a missing or wrong-typed field, an id that is not
+        the file's, a ``mail_id`` unfit for ``gt``, an unknown action or identity.
+    """
+    if isinstance(rec.get("problem"), str):
+        raise RequestError(rec["problem"])
+    for key in _FIELDS:
+        if not isinstance(rec.get(key), str):
+            msg = f"field {key!r} must be a string ({type(rec.get(key)).__name__})"
+            raise RequestError(msg)
+    if rec["id"] != rid:
+        msg = f"id {rec['id'][:40]!r} does not match the file name {rid}.json"
+        raise RequestError(msg)
+    mail_id = rec.get("mail_id", "-")
+    if "mail_id" in rec and not (isinstance(mail_id, str) and _MAIL_ID.fullmatch(mail_id)):
+        msg = f"unusable mail_id {str(rec['mail_id'])[:40]!r}"
+        raise RequestError(msg)
+    action = canonical_action(rec["action"])
+    try:
+        return parse_identity(rec["identity"]), action
+    except IdentityError as err:
+        raise RequestError(str(err)) from None
+
+
+def body_action(body: str) -> str | None:
+    r"""The action a lifecycle mail body asks for, read as upstream reads it, or None.
+
+    >>> body_action('{"action": "Cycle"}'), body_action(" Action: Restart\n"), body_action("x")
+    ('cycle', 'restart', None)
+    """
+    try:
+        obj = json.loads(body)
+    except (ValueError, RecursionError):
+        obj = None
+    if not isinstance(obj, dict):
+        return _WORDS.get(body.strip().lower())
+    # Go's encoding/json matches field names case-insensitively.
+    value = next((v for k, v in obj.items() if k.lower() == "action"), None)
+    return value.lower() if isinstance(value, str) and value.lower() in ACTIONS else None
+
+
+def parse_inbox(stdout: str) -> list[Record]:
+    """The messages in ``gt mail inbox --json`` output. Raises ValueError if not a JSON list."""
+    try:
+        data = json.loads(stdout) if stdout.strip() else []
+    except RecursionError as err:
+        raise ValueError(_nested(err)) from None
+    if not isinstance(data, list):
+        msg = f"expected a JSON list, got {type(data).__name__}"
+        raise ValueError(msg)  # noqa: TRY004 - one error type for "bad output"
+    return [m for m in data if isinstance(m, dict)]
+
+
+def mail_record(msg: t.Mapping[str, t.Any], now: str) -> Record | None:
+    """The spool record of a lifecycle mail; None for other mail and mail already read.
+
+    The id is ``mail-<mail id>`` (cleaned, plus a hash if cleaning changed it). An
+    unparseable body gives a record with a ``problem``, so it fails visibly.
+
+    Raises
+    ------
+    ValueError
+        A lifecycle mail whose id is unfit for ``gt mail delete``.
+    """
+    subject, mail_id, sender, body = (msg.get(k) for k in ("subject", "id", "from", "body"))
+    if not isinstance(subject, str) or not subject.lower().startswith("lifecycle:"):
+        return None
+    if msg.get("read") is True:
+        return None  # upstream: already processed
+    if not isinstance(mail_id, str) or not _MAIL_ID.fullmatch(mail_id):
+        problem = f"lifecycle mail with unusable id {str(mail_id)[:60]!r}"
+        raise ValueError(problem)
+    clean = re.sub(r"[^A-Za-z0-9_-]", "_", mail_id)[:80]
+    if clean != mail_id:
+        clean += "-" + hashlib.sha256(mail_id.encode()).hexdigest()[:8]
+    sender = sender if isinstance(sender, str) else ""
+    rec: Record = {"id": f"mail-{clean}", "identity": sender, "action": "", "created_at": now}
+    rec |= {"from": sender, "mail_id": mail_id}
+    if (action := body_action(body) if isinstance(body, str) else None) is None:
+        rec["problem"] = f"unparseable lifecycle mail body {str(body)[:200]!r}"
+    else:
+        rec["action"] = action
+    return rec
+
+
+def _shown(value: object) -> str:
+    """Untrusted text, made safe and short for a log line or field."""
+    text = value if isinstance(value, str) else repr(value)
+    return text[:100] if text.isascii() and text.isprintable() else repr(text)[:100]
+
+
+def _nested(err: Exception) -> str:
+    """Name deep nesting plainly (the json module raises RecursionError for it)."""
+    return "JSON nested too deeply" if isinstance(err, RecursionError) else ""
+
+
+def _fields(rid: str, rec: t.Mapping[str, t.Any], outcome: str) -> dict[str, str]:
+    identity, action = _shown(rec.get("identity", "")), _shown(rec.get("action", ""))
+    with contextlib.suppress(IdentityError):
+        identity = parse_identity(rec.get("identity")).dash  # type: ignore[arg-type]
+    fields = {"GTD_REQUEST_ID": rid, "GTD_IDENTITY": identity, "GTD_ACTION": action}
+    return fields | {"GTD_OUTCOME": outcome}
+
+
+# -- the spool on disk ---------------------------------------------------------
+
+
+def spool_dir(town: pathlib.Path) -> pathlib.Path:
+    """``<town>/daemon/lifecycle``."""
+    return town / "daemon" / "lifecycle"
+
+
+def _ensure_spool(town: pathlib.Path) -> pathlib.Path:
+    """Create the spool directories (0700); refuse any that is not a real directory."""
+    root = spool_dir(town)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    for path in (root, *(root / sub for sub in SUBDIRS)):
+        path.mkdir(mode=0o700, exist_ok=True)
+        if not stat.S_ISDIR(path.lstat().st_mode):
+            msg = f"{path} is not a directory (a symlink?); refusing to use it"
+            raise GtdError(msg)
+    return root
+
+
+def _dumps(rec: t.Mapping[str, t.Any]) -> bytes:
+    return (json.dumps(rec, indent=2) + "\n").encode()
+
+
+def _write_new(root: pathlib.Path, rec: t.Mapping[str, t.Any]) -> None:
+    """Write *rec* to ``tmp/``, fsync, rename into ``new/``: never seen half-written."""
+    name = f"{rec['id']}.json"
+    tmp = root / "tmp" / name
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(_dumps(rec))
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, root / "new" / name)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    dirfd = os.open(root / "new", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
+
+
+def enqueue(town: pathlib.Path, identity: str, action: str, *, sender: str) -> str:
+    """Queue a lifecycle request and return its id; the agent's flag is not touched.
+
+    Raises
+    ------
+    IdentityError, RequestError
+        *identity* or *action* is invalid (nothing is written).
+    OSError, GtdError
+        The spool cannot be created or written.
+    """
+    ident, act = parse_identity(identity), canonical_action(action)
+    rid = new_id()
+    rec = {"id": rid, "identity": ident.dash, "action": act, "created_at": store.now_iso()}
+    _write_new(_ensure_spool(town), rec | {"from": sender})
+    return rid
+
+
+def _names(directory: pathlib.Path) -> list[str]:
+    """Entries to process, in name order; dotfiles and temp files are not requests."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    return sorted(n for n in names if not n.startswith(".") and not n.endswith(".tmp"))
+
+
+def pending(town: pathlib.Path) -> list[str]:
+    """Ids of the requests waiting: those in ``cur/`` (interrupted) first, then ``new/``."""
+    root = spool_dir(town)
+    return [rid for sub in ("cur", "new") for n in _names(root / sub) if (rid := file_id(n))]
+
+
+def failed(town: pathlib.Path) -> list[Record]:
+    """The records in ``failed/`` in name order (spool ids by age, then mail); skips unreadable."""
+    records, directory = [], spool_dir(town) / "failed"
+    for name in _names(directory):
+        with contextlib.suppress(OSError, StateError, RecursionError):
+            if rid := file_id(name):
+                records.append(store.read_json_object(directory / name) | {"id": rid})
+    return records
+
+
+# -- agent state flags and actions --------------------------------------------
+
+
+def check_flag(town: pathlib.Path, identity: Identity, action: str) -> None:
+    """Upstream's guard. Raises RequestError unless the state file has the flag true."""
+    path, key = identity.state_file(town), flag_key(action)
+    try:
+        state = store.read_json_object(path)
+    except FileNotFoundError:
+        msg = f"agent state file {path} is missing (the agent must set {key}: true first)"
+        raise RequestError(msg) from None
+    except (StateError, RecursionError) as err:
+        msg = f"agent state file {_nested(err) or err}"
+        raise RequestError(msg) from None
+    if state.get(key) is not True:
+        got = _shown(repr(state.get(key)))
+        msg = f"{key} is not true in {path} (got {got}); the agent did not ask for it"
+        raise RequestError(msg)
+
+
+def clear_flag(town: pathlib.Path, identity: Identity, action: str) -> bool:
+    """Remove ``requesting_<action>`` and ``requesting_time``, keeping every other key.
+
+    Idempotent: without the flag nothing is written. Returns whether it wrote. Raises
+    OSError when the atomic rewrite fails (the old file stays intact).
+    """
+    path, key = identity.state_file(town), flag_key(action)
+    try:
+        state = store.read_json_object(path)
+    except FileNotFoundError:
+        return False
+    except (StateError, RecursionError) as err:
+        logger.warning("cannot clear %s: %s", key, err, extra={"GTD_IDENTITY": identity.dash})
+        return False
+    if key not in state:
+        return False
+    del state[key]
+    state.pop("requesting_time", None)
+    store.write_json(path, state)
+    return True
+
+
+def set_request_flag(town: pathlib.Path, identity: str, action: str) -> pathlib.Path:
+    """Set ``requesting_<action>: true`` and ``requesting_time``; return the file's path.
+
+    For ``gtd request --force``. Other keys are kept; a missing file (and directory)
+    is created. Raises IdentityError/RequestError for bad input, StateError when the
+    file exists but is not a JSON object (it is left alone).
+    """
+    ident, act = parse_identity(identity), canonical_action(action)
+    path = ident.state_file(town)
+    try:
+        state = store.read_json_object(path)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {}
+    store.write_json(path, state | {flag_key(act): True, "requesting_time": store.now_iso()})
+    return path
+
+
+def daemon_env() -> dict[str, str]:
+    """The environment of commands gtd runs for itself: no identity, ``BD_ACTOR=daemon``."""
+    env = {k: v for k, v in os.environ.items() if k not in agents.AGENT_UNSET}
+    return env | {"BD_ACTOR": "daemon", "GIT_TERMINAL_PROMPT": "0"}
+
+
+def presync(identity: Identity, workdir: pathlib.Path, tick: t.Callable[[], None]) -> None:
+    """Run :data:`PRESYNC_STEPS` in *workdir*, each bounded; a failing step is only logged."""
+    for argv in PRESYNC_STEPS:
+        tick()
+        extra = {"GTD_IDENTITY": identity.dash, "GTD_STEP": " ".join(argv)}
+        try:
+            res = proc.run(argv, timeout=PRESYNC_TIMEOUT, cwd=workdir, env=daemon_env())
+        except (OSError, proc.Timeout) as err:
+            logger.warning("pre-sync %s: %s", " ".join(argv), err, extra=extra)
+            continue
+        if res.returncode != 0:
+            tail = (res.stderr.strip() or res.stdout.strip())[-300:]
+            logger.warning("pre-sync %s: exit %d: %s", argv[0], res.returncode, tail, extra=extra)
+    tick()
+
+
+def act(
+    config: Config, tmux: Tmux, identity: Identity, action: str, tick: t.Callable[[], None]
+) -> None:
+    """Stop the agent, or (pre-sync and) start it again in its pane.
+
+    Stopping an agent that is not running succeeds: there is nothing left to stop.
+
+    Raises
+    ------
+    RequestError
+        The workdir of a restart is missing.
+    TmuxError
+        tmux failed or timed out (worth retrying).
+    """
+    if ACTIONS[action] == "shutdown":
+        agents.stop_agent(tmux, identity)
+        return
+    workdir = identity.workdir(config.town_root)
+    if not workdir.is_dir():
+        msg = f"workdir of {identity.dash} does not exist: {workdir}"
+        raise RequestError(msg)
+    if identity.presync:
+        presync(identity, workdir, tick)
+    try:
+        agents.start_agent(tmux, identity, config)
+    except agents.WorkdirMissing as err:
+        raise RequestError(str(err)) from None
+
+
+# -- processing ------------------------------------------------------------------
+
+
+class Lifecycle:
+    """Carries out spool and ``gt mail`` requests (the daemon's ``Lifecycle``)."""
+
+    def __init__(self) -> None:
+        self._busy = False
+        self.gt_missing = False
+
+    def process(self, config: Config, tmux: Tmux, tick: t.Callable[[], None]) -> None:
+        """One pass: import lifecycle mail, finish ``cur/``, then ``new/`` in name order.
+
+        *tick* is called between requests and steps. Bad requests and failing tools
+        are logged, never raised; a nested call (from *tick*) returns at once.
+        """
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            _Pass(self, config, tmux, tick).run()
+        except (GtdError, OSError) as err:
+            logger.error("lifecycle spool unusable: %s", err)  # noqa: TRY400 - no traceback
+        finally:
+            self._busy = False
+
+
+class _Pass:
+    """One :meth:`Lifecycle.process` call."""
+
+    def __init__(
+        self, owner: Lifecycle, config: Config, tmux: Tmux, tick: t.Callable[[], None]
+    ) -> None:
+        self.owner, self.config, self.tmux, self.tick = owner, config, tmux, tick
+        self.town = config.town_root
+        self.root = spool_dir(self.town)
+        self.inbox: set[str] | None = None
+
+    def run(self) -> None:
+        _ensure_spool(self.town)
+        for name in os.listdir(self.root / "cur"):  # temp files left by a crash
+            if name.startswith(".") and name.endswith(".tmp"):
+                with contextlib.suppress(OSError):
+                    os.unlink(self.root / "cur" / name)
+        self.fetch_mail()
+        for name in _names(self.root / "cur"):
+            self.tick()
+            self.handle(self.root / "cur" / name)
+        for name in _names(self.root / "new"):
+            self.tick()
+            self.claim(name)
+
+    def gt(self, *args: str) -> proc.Result:
+        argv = (*self.config.lifecycle.argv, *args)
+        return proc.run(argv, timeout=MAIL_TIMEOUT, cwd=self.town, env=daemon_env())
+
+    def fetch_mail(self) -> None:
+        """Import new lifecycle mail into ``new/``; a failing ``gt`` is logged and skipped."""
+        if not (argv := self.config.lifecycle.argv):
+            return
+        if shutil.which(argv[0]) is None:  # warn once, not every heartbeat
+            level = logging.DEBUG if self.owner.gt_missing else logging.WARNING
+            logger.log(level, "gt mail source skipped: %r not found", argv[0])
+            self.owner.gt_missing = True
+            return
+        self.owner.gt_missing = False
+        try:
+            res = self.gt("mail", "inbox", "--identity", "deacon/", "--json")
+            problem = f"exit status {res.returncode}: {res.stderr.strip()[-300:]}"
+            messages = parse_inbox(res.stdout) if res.returncode == 0 else None
+        except (OSError, proc.Timeout, ValueError) as err:
+            messages, problem = None, str(err)
+        if messages is None:
+            logger.warning("gt mail inbox failed; mail skipped this pass: %s", problem)
+            return
+        self.tick()
+        self.inbox = {m["id"] for m in messages if isinstance(m.get("id"), str)}
+        for message in messages:
+            try:
+                rec = mail_record(message, store.now_iso())
+                if rec is None or self.known(rec["id"]):
+                    continue
+                _write_new(self.root, rec)
+            except (ValueError, OSError) as err:
+                logger.warning("lifecycle mail not imported: %s", err)
+                continue
+            extra = _fields(rec["id"], rec, "imported") | {"GTD_MAIL_ID": rec["mail_id"]}
+            logger.info("imported lifecycle mail %s as %s", rec["mail_id"], rec["id"], extra=extra)
+
+    def known(self, rid: str) -> bool:
+        return any(os.path.lexists(self.root / s / f"{rid}.json") for s in ("new", "cur", "failed"))
+
+    def delete_mail(self, rec: Record) -> None:
+        """Delete the request's mail if it has one that is still there; raise _DeleteFailed."""
+        mail_id = rec.get("mail_id")
+        if not isinstance(mail_id, str) or not _MAIL_ID.fullmatch(mail_id):
+            return
+        if self.inbox is not None and mail_id not in self.inbox:
+            return  # already gone (a crash after the delete)
+        if not self.config.lifecycle.argv:
+            logger.warning("gt mail source is off; mail %s stays in the inbox", mail_id)
+            return
+        try:
+            res = self.gt("mail", "delete", mail_id)
+            problem = f"exit status {res.returncode}: {res.stderr.strip()[-200:]}"
+        except (OSError, proc.Timeout) as err:
+            res, problem = None, str(err)
+        if res is None or res.returncode != 0:
+            msg = f"gt mail delete {mail_id}: {problem}"
+            raise _DeleteFailed(msg)
+
+    def claim(self, name: str) -> None:
+        """Move ``new/<name>`` into ``cur/`` (the claim) and handle it."""
+        src, dst = self.root / "new" / name, self.root / "cur" / name
+        if file_id(name) is None:
+            self.reject(src, new_id(), f"bad file name {name!r} (expected <id>.json)")
+        elif os.path.lexists(dst):
+            self.reject(src, new_id(), f"duplicate request id: {name} is already in cur/")
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(src, dst)
+                self.handle(dst)
+
+    def handle(self, path: pathlib.Path) -> None:
+        """Take one ``cur/`` entry as far as it goes this pass; never follows a symlink."""
+        if (rid := file_id(path.name)) is None:
+            self.reject(path, new_id(), f"bad file name {path.name!r} (expected <id>.json)")
+            return
+        with contextlib.suppress(FileNotFoundError):
+            st = path.lstat()
+            if not stat.S_ISREG(st.st_mode):
+                kind = _KINDS.get(stat.S_IFMT(st.st_mode), "special file")
+                self.reject(path, rid, f"not a regular file ({kind}); left unread")
+            elif st.st_size > MAX_REQUEST_BYTES:
+                self.reject(path, rid, f"larger than {MAX_REQUEST_BYTES} bytes", raw=True)
+            else:
+                try:
+                    rec = store.read_json_object(path)
+                except (StateError, RecursionError) as err:
+                    problem = str(err).removeprefix(f"{path}: ")
+                    self.reject(path, rid, _nested(err) or problem, raw=True)
+                    return
+                try:
+                    self.advance(path, rid, rec)
+                except OSError as err:  # the spool itself (disk full ...): next pass
+                    logger.warning("request %s: %s", rid, err, extra=_fields(rid, rec, "retry"))
+                except Exception:  # a bug, not bad input: the traceback helps; attempts bound it
+                    logger.exception("request %s failed", rid, extra=_fields(rid, rec, "retry"))
+
+    def advance(self, path: pathlib.Path, rid: str, rec: Record) -> None:
+        """Count an attempt, then act, mark executed, clear the flag, delete the mail."""
+        attempts = rec.get("attempts")
+        attempts = attempts if type(attempts) is int and attempts >= 0 else 0
+        if attempts >= MAX_ATTEMPTS:
+            last = rec.get("last_error") or "interrupted"
+            self.give_up(path, rid, rec, f"gave up after {attempts} attempts: {last}", True)
+            return
+        rec["attempts"] = attempts + 1
+        store.atomic_write(path, _dumps(rec), mode=0o600)
+        try:
+            if not isinstance(rec.get("failure"), str):
+                try:
+                    identity, action = check_record(rec, rid)
+                    if rec.get("executed") is not True:
+                        check_flag(self.town, identity, action)
+                        act(self.config, self.tmux, identity, action, self.tick)
+                        rec["executed"] = True
+                        store.atomic_write(path, _dumps(rec), mode=0o600)
+                    clear_flag(self.town, identity, action)
+                except RequestError as err:
+                    rec["failure"] = str(err)
+            self.delete_mail(rec)
+        except (TmuxError, OSError, _DeleteFailed) as err:
+            if rec["attempts"] >= MAX_ATTEMPTS:
+                reason = f"gave up after {rec['attempts']} attempts: {err}"
+                self.give_up(path, rid, rec, reason, not isinstance(err, _DeleteFailed))
+                return
+            rec["last_error"] = str(err)
+            store.atomic_write(path, _dumps(rec), mode=0o600)
+            logger.warning(
+                "lifecycle request %s (%s %s) will be retried, attempt %d of %d: %s",
+                rid, _shown(rec.get("action")), _shown(rec.get("identity")),
+                rec["attempts"], MAX_ATTEMPTS, err, extra=_fields(rid, rec, "retry"),
+            )  # fmt: skip
+            return
+        self.finish(path, rid, rec)
+
+    def give_up(self, path: pathlib.Path, rid: str, rec: Record, why: str, delete: bool) -> None:
+        """Retries are spent: try the mail delete once more, then move to ``failed/``."""
+        with contextlib.suppress(_DeleteFailed):
+            if delete:
+                self.delete_mail(rec)
+        earlier = rec.get("failure")
+        rec["failure"] = f"{earlier}; {why}" if isinstance(earlier, str) else why
+        self.finish(path, rid, rec)
+
+    def finish(self, path: pathlib.Path, rid: str, rec: Record) -> None:
+        """The final state: done (removed) or failed (recorded in ``failed/``, removed)."""
+        failure = rec.pop("failure", None)
+        if isinstance(failure, str):
+            self.write_failed(rid, rec, failure)
+        path.unlink()
+        what = (
+            f"lifecycle request {rid} ({_shown(rec.get('action'))} {_shown(rec.get('identity'))})"
+        )
+        if isinstance(failure, str):
+            logger.error("%s failed: %s", what, failure, extra=_fields(rid, rec, "failed"))
+        else:
+            logger.info("%s done", what, extra=_fields(rid, rec, "done"))
+
+    def write_failed(self, rid: str, fields: Record, reason: str) -> None:
+        rec = {"attempts": 1} | fields | {"reason": reason, "failed_at": store.now_iso()}
+        store.atomic_write(self.root / "failed" / f"{rid}.json", _dumps(rec), mode=0o600)
+
+    def reject(self, path: pathlib.Path, rid: str, reason: str, *, raw: bool = False) -> None:
+        """Move an entry that is no usable request to ``failed/``; symlinks stay unread."""
+        fields: Record = {"name": _shown(path.name)}
+        with contextlib.suppress(OSError):
+            if raw:  # a regular file: checked by the caller, O_NOFOLLOW in case it changed
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+                with os.fdopen(fd, "rb") as f:
+                    fields["raw"] = repr(f.read(4096))
+        try:
+            self.write_failed(rid, fields, reason)
+            if path.is_dir() and not path.is_symlink():
+                os.rename(path, self.root / "failed" / f"{rid}.entry")
+            else:
+                path.unlink()
+        except OSError as err:
+            extra = _fields(rid, {}, "retry")
+            logger.error("cannot move %s to failed/: %s", path, err, extra=extra)  # noqa: TRY400
+            return
+        extra = _fields(rid, {}, "failed")
+        logger.error("lifecycle request %s rejected: %s", rid, reason, extra=extra)

@@ -1,0 +1,114 @@
+"""``gtd agent`` and ``gtd request`` against a real tmux server, as a person would type them."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+
+from gtd import cli
+from tests.conftest import FakeAgent, TmuxServer, proc_environ
+from tests.sandbox import retry_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def conf(tmp_path: pathlib.Path, tmux_server: TmuxServer, fake_agent: FakeAgent) -> pathlib.Path:
+    path = tmp_path / "daemon.toml"
+    path.write_text(
+        f'town_root = "{tmp_path / "town"}"\n'
+        f"[agent]\ncommand = {json.dumps(fake_agent.command())}\n"
+        'alive_commands = ["node"]\n'
+        f'[tmux]\nsocket = "{tmux_server.socket}"\n'
+    )
+    return path
+
+
+def gtd(conf: pathlib.Path, *argv: str) -> int:
+    return cli.main(["--config", str(conf), *argv])
+
+
+def listed_alive(conf: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> bool:
+    assert 0 == gtd(conf, "agent", "list")
+    return " alive\n" in capsys.readouterr().out
+
+
+def test_agent_start_list_restart_stop(
+    conf: pathlib.Path, tmux_server: TmuxServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The whole agent life through the CLI, with the environment in the agent's own environ."""
+    (conf.parent / "town" / "gastown" / "crew" / "max").mkdir(parents=True)
+    assert 0 == gtd(conf, "agent", "start", "gastown/crew/max")
+    out = capsys.readouterr().out
+    assert out.startswith("gastown-crew-max: started in gt-gastown-crew-max pane %")
+    pid = int(out.split()[-1])
+    env = proc_environ(pid)
+    assert ("gastown-crew-max", "gastown/crew/max", "gastown") == (
+        env["GT_ROLE"],
+        env["BD_ACTOR"],
+        env["GT_RIG"],
+    )
+    assert retry_until(lambda: listed_alive(conf, capsys), 5)
+    assert 0 == gtd(conf, "agent", "start", "gastown-crew-max")
+    assert "gastown-crew-max: already running\n" == capsys.readouterr().out
+    assert 0 == gtd(conf, "agent", "restart", "gastown-crew-max")
+    new_pid = int(capsys.readouterr().out.split()[-1])
+    assert new_pid != pid
+    assert 0 == gtd(conf, "agent", "stop", "gastown-crew-max")
+    assert "gastown-crew-max: stopped\n" == capsys.readouterr().out
+    assert 0 == gtd(conf, "agent", "list")
+    assert "no agents\n" == capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["agent", "start", "gastown-witness"], 1, "workdir of gastown-witness does not exist"),
+        (["agent", "start", "../x"], 2, "invalid identity '../x'"),
+        (["agent", "stop", "$(id)"], 2, "invalid identity '$(id)'"),
+        (["request", "a;rm -rf ~", "cycle"], 2, "invalid identity"),
+        (["request", "deacon", "explode"], 2, "explode"),
+        (["request", "gastown/crew/max", "cycle", "--force"], 2, "workdir of gastown-crew-max"),
+    ],
+    ids=["missing-workdir", "dotdot", "subshell", "shell-meta", "unknown-action", "force-no-dir"],
+)
+def test_user_mistakes_are_clear_errors(
+    conf: pathlib.Path,
+    argv: list[str],
+    code: int,
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Bad identities, actions and workdirs: one line on stderr, an exit code, nothing queued."""
+    assert code == gtd(conf, *argv)
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+    new = conf.parent / "town" / "daemon" / "lifecycle" / "new"
+    assert not new.exists() or [] == list(new.iterdir())
+    assert not (conf.parent / "town" / "gastown").exists()
+
+
+def test_request_queues_prints_id_and_sets_flag_with_force(
+    conf: pathlib.Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request prints the id of a complete spool file; --force sets the agent's flag."""
+    monkeypatch.setenv("PATH", "/nonexistent")  # no systemctl: the wake-up fails, loudly
+    monkeypatch.setenv("BD_ACTOR", "gastown/witness")
+    (conf.parent / "town" / "gastown").mkdir(parents=True)
+    assert 0 == gtd(conf, "request", "gastown/witness", "cycle", "--force")
+    captured = capsys.readouterr()
+    rid = captured.out.strip()
+    assert "queued, but the daemon was not woken" in captured.err
+    town = conf.parent / "town"
+    request = json.loads((town / "daemon" / "lifecycle" / "new" / f"{rid}.json").read_text())
+    assert (rid, "gastown-witness", "cycle", "gastown/witness") == (
+        request["id"],
+        request["identity"],
+        request["action"],
+        request["from"],
+    )
+    flags = json.loads((town / "gastown" / "witness" / "state.json").read_text())
+    assert flags["requesting_cycle"] is True
