@@ -257,7 +257,7 @@ def command_run(args: Namespace) -> int:
 
     faulthandler.enable()  # a watchdog SIGABRT dumps every thread's stack to the journal
     cfg, path, explicit = load(args)
-    daemon = Daemon(cfg, config_path=path, explicit=explicit)
+    daemon = Daemon(cfg, config_path=path, explicit=explicit, lifecycle=lifecycle.Lifecycle())
     try:
         return daemon.run()
     except GtdError as err:

@@ -13,6 +13,7 @@ import typing as t
 import pytest
 
 from tests.sandbox import UserManager, missing_requirements
+from tests.system.towns import town  # noqa: F401 - the `town` fixture for every system test
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterator

@@ -6,137 +6,15 @@ Everything goes through ``gtd units install``, ``systemctl --user``, ``journalct
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pathlib
-import secrets
 import shutil
 import subprocess
-import typing as t
-
-import pytest
 
 from tests.conftest import FAKE_AGENT, proc_environ
 from tests.sandbox import UserManager, retry_until
-
-if t.TYPE_CHECKING:
-    from collections.abc import Iterator
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
-DAEMON = "gastown-daemon.service"
-TMUX = "gastown-tmux.service"
-
-
-@dataclasses.dataclass
-class Town:
-    """One test's town, config and units in the sandbox user's home."""
-
-    um: UserManager
-    venv: pathlib.Path
-    name: str
-    cursor: str | None = None
-    agent_args: str = "--trap"
-
-    @property
-    def root(self) -> pathlib.Path:
-        return self.um.home / self.name
-
-    @property
-    def socket(self) -> str:
-        return f"gtd_sys_{self.name}"
-
-    @property
-    def log(self) -> pathlib.Path:
-        return self.root / "agent.log"
-
-    @property
-    def gtd(self) -> pathlib.Path:
-        return self.venv / "bin" / "gtd"
-
-    @property
-    def dropin(self) -> pathlib.Path:
-        return self.um.unit_dir / f"{DAEMON}.d" / "test.conf"
-
-    def config_text(self, **overrides: str) -> str:
-        node = self.um.home / "fake" / "node"
-        agent = self.um.home / "fake" / "agent.py"
-        values = {
-            "town_root": json.dumps(str(self.root)),
-            "heartbeat_interval": '"300s"',
-            "command": json.dumps(f"{node} {agent} --log {self.log} {self.agent_args}"),
-        } | overrides
-        return (
-            f"town_root = {values['town_root']}\n"
-            f"heartbeat_interval = {values['heartbeat_interval']}\n"
-            f'[agent]\ncommand = {values["command"]}\nalive_commands = ["node"]\n'
-            f'[tmux]\nsocket = "{self.socket}"\n'
-            '[lifecycle]\ngt_command = ""\n'
-        )
-
-    def write_config(self, text: str | None = None) -> None:
-        self.um.write_file(".config/gastown/daemon.toml", text or self.config_text())
-
-    def set_dropin(self, text: str) -> None:
-        self.um.write_file(self.dropin.relative_to(self.um.home), f"[Service]\n{text}\n")
-        self.um.systemctl("daemon-reload")
-
-    def gtd_cmd(self, *args: str, check: bool = True) -> str:
-        return self.um.run(str(self.gtd), *args, check=check).stdout
-
-    def show(self, *props: str) -> dict[str, str]:
-        return self.um.show(DAEMON, *props)
-
-    def main_pid(self) -> int:
-        return int(self.show("MainPID")["MainPID"])
-
-    def deacon_pid(self) -> int | None:
-        proc = self.um.run(
-            "tmux", "-L", self.socket, "list-panes", "-t", "=gt-deacon",
-            "-F", "#{pane_pid} #{pane_dead} #{pane_current_command}", check=False,
-        )  # fmt: skip
-        parts = proc.stdout.split()
-        if proc.returncode == 0 and len(parts) == 3 and parts[1:] == ["0", "node"]:
-            return int(parts[0])
-        return None
-
-    def messages(self) -> list[str]:
-        return [str(e.get("MESSAGE", "")) for e in self.journal()]
-
-    def journal(self) -> list[dict[str, t.Any]]:
-        return self.um.journal(DAEMON, after_cursor=self.cursor)
-
-    def agent_signals(self) -> list[str]:
-        try:
-            return [ln for ln in self.log.read_text().splitlines() if " SIGNAL " in ln]
-        except FileNotFoundError:
-            return []
-
-    def start(self) -> None:
-        self.um.systemctl("start", DAEMON)
-        assert retry_until(lambda: self.deacon_pid() is not None, 10), self.messages()
-
-
-@pytest.fixture
-def town(manager: UserManager, gtd_venv: pathlib.Path) -> Iterator[Town]:
-    """A fresh town with the fake agent, config and units installed by ``gtd units install``."""
-    town = Town(manager, gtd_venv, f"t{secrets.token_hex(3)}")
-    fake = manager.home / "fake"
-    manager.write_file("fake/agent.py", FAKE_AGENT.read_text())
-    if not (fake / "node").is_symlink():
-        (fake / "node").symlink_to("/usr/bin/python3")
-    town.write_config()
-    out = town.gtd_cmd("units", "install")
-    assert f"units in {manager.unit_dir} run {town.gtd}" in out
-    assert (manager.unit_dir / DAEMON).exists()
-    town.cursor = manager.journal_cursor()
-    yield town
-    manager.systemctl("stop", DAEMON, TMUX, check=False)
-    manager.systemctl("reset-failed", DAEMON, TMUX, check=False)
-    if town.dropin.exists():
-        shutil.rmtree(town.dropin.parent)
-        manager.systemctl("daemon-reload")
-    shutil.rmtree(town.root, ignore_errors=True)
+from tests.system.towns import DAEMON, REPO, TMUX, Town
 
 
 def test_units_verify(town: Town) -> None:

@@ -1,0 +1,109 @@
+"""Lifecycle requests through the running service: immediate on USR1, never lost."""
+
+from __future__ import annotations
+
+import collections
+import json
+import pathlib
+import time
+import typing as t
+
+from tests.sandbox import retry_until
+from tests.system.towns import DAEMON, Town
+
+ENQUEUE = """
+import pathlib, sys, json
+from gtd import lifecycle
+town, count, action = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+ids = []
+for i in range(count):
+    ident = f"r-crew-n{i}"
+    lifecycle.set_request_flag(town, ident, action)
+    ids.append(lifecycle.enqueue(town, ident, action, sender="bench"))
+print(json.dumps(ids))
+"""
+
+
+def enqueue_many(town: Town, count: int, action: str = "shutdown") -> list[str]:
+    """Queue *count* requests for distinct crew identities, with their flags set, as the user."""
+    python = str(town.venv / "bin" / "python")
+    out = town.um.run(python, "-c", ENQUEUE, str(town.root), str(count), action, timeout=120)
+    ids: list[str] = json.loads(out.stdout)
+    return ids
+
+
+def spool_empty(town: Town) -> bool:
+    base = town.root / "daemon" / "lifecycle"
+    return not any((base / d).exists() and any((base / d).iterdir()) for d in ("new", "cur"))
+
+
+def outcomes(town: Town) -> dict[str, collections.Counter[str]]:
+    """Journal outcomes per request id since the test began."""
+    seen: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for entry in town.journal():
+        rid, outcome = entry.get("GTD_REQUEST_ID"), entry.get("GTD_OUTCOME")
+        if isinstance(rid, str) and isinstance(outcome, str):
+            seen[rid][outcome] += 1
+    return seen
+
+
+def failed(town: Town) -> list[pathlib.Path]:
+    base = town.root / "daemon" / "lifecycle" / "failed"
+    return sorted(base.iterdir()) if base.exists() else []
+
+
+def test_gtd_request_cycles_the_deacon_at_once(town: Town) -> None:
+    """`gtd request deacon cycle --force` restarts the deacon now, not at the heartbeat."""
+    town.start()
+    old = town.deacon_pid()
+    sent = time.monotonic()
+    rid = town.gtd_cmd("request", "deacon", "cycle", "--force").strip()
+    assert retry_until(lambda: town.deacon_pid() not in (None, old), 5), town.messages()
+    assert time.monotonic() - sent < 5
+    assert retry_until(lambda: outcomes(town).get(rid, collections.Counter())["done"] == 1, 5)
+    state = json.loads((town.root / "deacon" / "state.json").read_text())
+    assert "requesting_cycle" not in state
+    assert spool_empty(town)
+
+
+def test_usr1_processes_a_queued_request(town: Town) -> None:
+    """A request put in the spool is carried out on `systemctl --user kill -s USR1`."""
+    town.start()
+    [rid] = enqueue_many(town, 1)
+    town.um.systemctl("kill", "-s", "USR1", DAEMON)
+    assert retry_until(lambda: spool_empty(town), 5)
+    assert retry_until(lambda: outcomes(town).get(rid, collections.Counter())["done"] == 1, 5)
+
+
+def test_thousand_requests_and_usr1_burst_each_once(town: Town) -> None:
+    """1,000 requests and a burst of USR1 signals: each request is done exactly once."""
+    town.start()
+    ids = enqueue_many(town, 1000)
+    for _ in range(30):
+        town.um.systemctl("kill", "-s", "USR1", DAEMON)
+    assert retry_until(lambda: spool_empty(town), 120), town.messages()[-5:]
+    assert retry_until(lambda: len(outcomes(town)) >= len(ids), 20)
+    seen = outcomes(town)
+    assert {rid: collections.Counter({"done": 1}) for rid in ids} == {rid: seen[rid] for rid in ids}
+    assert [] == failed(town)
+    assert "active" == town.show("ActiveState")["ActiveState"]
+
+
+def test_kill_9_mid_processing_loses_nothing(town: Town) -> None:
+    """SIGKILL while requests are processed: systemd restarts it and every request completes."""
+    town.start()
+    ids = enqueue_many(town, 400)
+    main = town.main_pid()
+    town.um.systemctl("kill", "-s", "USR1", DAEMON)
+    assert retry_until(lambda: len(outcomes(town)) >= 20, 30)
+    town.um.systemctl("kill", "-s", "KILL", DAEMON)
+    assert retry_until(lambda: town.main_pid() not in (0, main), 30)
+    assert retry_until(lambda: spool_empty(town), 120), town.messages()[-5:]
+    assert int(town.show("NRestarts")["NRestarts"]) >= 1
+    assert [] == failed(town)
+    left: list[t.Any] = []
+    for i in range(len(ids)):
+        state = town.root / "r" / "crew" / f"n{i}" / "state.json"
+        if json.loads(state.read_text()):
+            left.append(state)
+    assert [] == left  # every flag cleared: every request was carried out
