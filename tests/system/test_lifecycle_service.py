@@ -107,3 +107,31 @@ def test_kill_9_mid_processing_loses_nothing(town: Town) -> None:
         if json.loads(state.read_text()):
             left.append(state)
     assert [] == left  # every flag cleared: every request was carried out
+
+
+def test_bad_requests_are_journaled_and_failed(town: Town) -> None:
+    """Malformed and hostile requests: a journal line with the id each, failed/, still healthy."""
+    town.start()
+    new = town.root / "daemon" / "lifecycle" / "new"
+    cases = {
+        "00000000000000000001-0000000a": b"{not json",
+        "00000000000000000002-0000000b": json.dumps(
+            {"id": "00000000000000000002-0000000b", "identity": "a;rm -rf ~",
+             "action": "cycle", "created_at": "x", "from": "t"}
+        ).encode(),
+        "00000000000000000003-0000000c": json.dumps(
+            {"id": "00000000000000000003-0000000c", "identity": "mayor",
+             "action": "explode", "created_at": "x", "from": "t"}
+        ).encode(),
+        "00000000000000000004-0000000d": b"\xff\xfe\x00binary",
+    }  # fmt: skip
+    for rid, data in cases.items():
+        path = town.um.write_file((new / f"{rid}.json").relative_to(town.um.home), "")
+        path.write_bytes(data)
+    town.um.systemctl("kill", "-s", "USR1", DAEMON)
+    assert retry_until(lambda: len(failed(town)) == len(cases), 5), town.messages()[-5:]
+    seen = outcomes(town)
+    assert dict.fromkeys(cases, 1) == {rid: seen[rid]["failed"] for rid in cases}
+    for path in failed(town):
+        assert json.loads(path.read_text())["reason"]
+    assert "active" == town.show("ActiveState")["ActiveState"]
