@@ -237,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     except agents.WorkdirMissing as err:
         print(f"gtd: {err}", file=sys.stderr)
         return 1
+    except OSError as err:
+        if args.command == "run":
+            raise  # the daemon logs its own I/O errors; one escaping here is a bug
+        # Disk full, permission denied...: the environment, not a bug; no traceback.
+        print(f"gtd: {args.command}: {err.strerror or err}: {err.filename or ''}", file=sys.stderr)
+        return 1
     except GtdError as err:
         print(f"gtd: {err}", file=sys.stderr)
         return 1
