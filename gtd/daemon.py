@@ -28,9 +28,12 @@ from gtd.exc import ConfigError, GtdError, TmuxError
 from gtd.identities import DEACON
 from gtd.notify import Notifier
 from gtd.systemd import TMUX_UNIT, start_unit
-from gtd.tmux import PaneInfo, Tmux
+from gtd.tmux import DEFAULT_TIMEOUT, PaneInfo, Tmux
 
 logger = logging.getLogger(__name__)
+
+TMUX_RETRY_MIN, TMUX_RETRY_MAX = 2.0, 60.0
+"""While tmux does not answer, the listing is retried this often (doubling), not per heartbeat."""
 
 HANG_SWITCH = "GTD_TEST_HANG_FILE"
 """Test-only fault switch: while the file it names exists, the loop hangs."""
@@ -92,7 +95,9 @@ class Daemon:
         self.policy = policy or sv.Policy()
         self.clock = clock
         self.env = dict(os.environ if env is None else env)
-        self.tmux = Tmux(config.tmux.socket)
+        self.tmux = self._make_tmux(config.tmux.socket)
+        self.tmux_retry_at: float | None = None
+        self._tmux_backoff = TMUX_RETRY_MIN
         self.guard = sv.Guard()
         self.state = store.DaemonState()
         self.stopping = False
@@ -174,10 +179,14 @@ class Daemon:
             self.reload()
         if signal.SIGUSR1 in wake.signals:
             logger.info("SIGUSR1: processing lifecycle requests now")
-            self.process_lifecycle()
+            if self.tmux_retry_at is None or self._list_panes() is not None:
+                self.process_lifecycle()
         now = self.clock()
-        if wake.deacon_exited or (
-            (deadline := sv.next_deadline(self.guard, self.policy)) is not None and now >= deadline
+        guard_deadline = sv.next_deadline(self.guard, self.policy)
+        if (
+            wake.deacon_exited
+            or (guard_deadline is not None and now >= guard_deadline)
+            or (self.tmux_retry_at is not None and now >= self.tmux_retry_at)
         ):
             self.ensure_deacon()
         if self.clock() >= self.next_heartbeat:
@@ -201,6 +210,8 @@ class Daemon:
         guard_deadline = sv.next_deadline(self.guard, self.policy)
         if guard_deadline is not None:
             deadlines.append(guard_deadline)
+        if self.tmux_retry_at is not None:
+            deadlines.append(self.tmux_retry_at)
         return max(0.0, min(deadlines) - self.clock())
 
     def _wait(self, timeout: float) -> Wake:
@@ -254,12 +265,15 @@ class Daemon:
             )
         self.tick()
         started = self.guard.started_at
-        if started is not None and started >= begun:
+        if panes is None:
+            logger.warning("tmux unavailable: no poke, lifecycle requests wait (none lost)")
+        elif started is not None and started >= begun:
             logger.info("deacon started this heartbeat; first poke next heartbeat")
         else:
             self.poke_deacon(panes)
         self.tick()
-        self.process_lifecycle()
+        if panes is not None:
+            self.process_lifecycle()
         self.state.heartbeat_count += 1
         self.state.last_heartbeat = store.now_iso()
         self._save_state()
@@ -281,18 +295,28 @@ class Daemon:
         except Stopping:
             raise
         except GtdError as err:
-            logger.error("tmux unavailable: %s", err)  # noqa: TRY400 - no traceback for this
+            self.tmux_retry_at = self.clock() + self._tmux_backoff
+            logger.error(  # noqa: TRY400 - no traceback for an outage
+                "tmux unavailable: %s; retrying in %gs", err, self._tmux_backoff
+            )
+            self._tmux_backoff = min(self._tmux_backoff * 2, TMUX_RETRY_MAX)
             self._problem = f"tmux unavailable: {err}"
             return None
+        if self.tmux_retry_at is not None:
+            logger.info("tmux answers again")
+        self.tmux_retry_at = None
+        self._tmux_backoff = TMUX_RETRY_MIN
         self._problem = ""
         return panes
 
-    def ensure_deacon(self) -> list[PaneInfo]:
-        """Start the deacon if it is not alive and the crash-loop guard allows; return panes."""
-        listed = self._list_panes()
-        if listed is None:
-            return []
-        panes = listed
+    def ensure_deacon(self) -> list[PaneInfo] | None:
+        """Start the deacon if not alive and the crash-loop guard allows; return the panes.
+
+        None means tmux did not answer (logged; retried soon, see ``tmux_retry_at``).
+        """
+        panes = self._list_panes()
+        if panes is None:
+            return None
         view = agents.view(panes, DEACON, self.config)
         self.guard, action = sv.step(self.guard, view.alive, self.clock(), self.policy)
         if action is sv.Action.START:
@@ -378,7 +402,7 @@ class Daemon:
             self.notifier.ready(self.status_text())
             return
         if new.tmux.socket != self.config.tmux.socket:
-            self.tmux = Tmux(new.tmux.socket)
+            self.tmux = self._make_tmux(new.tmux.socket)
             self._unwatch_deacon()
         self.config = new
         self._note = ""
@@ -387,6 +411,12 @@ class Daemon:
             self.next_heartbeat, self.clock() + self.config.heartbeat_interval
         )
         self.notifier.ready(self.status_text())
+
+    def _make_tmux(self, socket: str) -> Tmux:
+        """A tmux client whose timeout fits well inside the watchdog period."""
+        interval = self.notifier.watchdog_interval
+        timeout = DEFAULT_TIMEOUT if interval is None else min(DEFAULT_TIMEOUT, interval / 3)
+        return Tmux(socket, timeout=max(timeout, 0.5))
 
     # -- deacon pidfd --------------------------------------------------------
 

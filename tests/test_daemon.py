@@ -231,3 +231,39 @@ def test_usr1_carries_out_a_queued_request(gtd: Gtd) -> None:
     gtd.signal(signal.SIGUSR1)
     assert retry_until(lambda: gtd.deacon_pid() not in (None, old), 5), gtd.log()
     assert [] == lifecycle.pending(gtd.town)
+
+
+def watchdog_gaps(notify: NotifySocket, stamps: list[float], seen: list[int]) -> list[float]:
+    """Stamp WATCHDOG=1 datagrams as they arrive; return the gaps between them."""
+    messages = notify.drain()
+    now = time.monotonic()
+    stamps.extend(now for m in messages[seen[0] :] if "WATCHDOG=1" in m.split("\n"))
+    seen[0] = len(messages)
+    return [b - a for a, b in itertools.pairwise(stamps)]
+
+
+def test_frozen_tmux_server_keeps_the_watchdog_fed_and_recovers(gtd: Gtd) -> None:
+    """SIGSTOP on the tmux server: calls time out, pings continue, and after SIGCONT it recovers."""
+    gtd.write_config(heartbeat_interval="1")
+    gtd.start(WATCHDOG_USEC="3000000")  # ping every 1.5 s; tmux timeout becomes 0.5 s
+    assert retry_until(lambda: gtd.notify.has("READY=1"), 10), gtd.log()
+    server = int(gtd.server.cmd("display-message", "-p", "#{pid}").stdout)
+    stamps: list[float] = []
+    seen = [len(gtd.notify.drain())]
+    os.kill(server, signal.SIGSTOP)
+    try:
+        frozen = time.monotonic()
+        assert retry_until(lambda: "tmux unavailable" in gtd.log(), 10)
+        while time.monotonic() - frozen < 6:
+            watchdog_gaps(gtd.notify, stamps, seen)
+            time.sleep(0.05)
+        gaps = watchdog_gaps(gtd.notify, stamps, seen)
+        assert len(stamps) >= 3
+        assert max(gaps) < 3.0, gaps
+        assert any("tmux unavailable" in s for s in gtd.notify.statuses())
+    finally:
+        os.kill(server, signal.SIGCONT)
+    assert retry_until(lambda: "tmux answers again" in gtd.log(), 10), gtd.log()
+    assert retry_until(lambda: "tmux unavailable" not in gtd.notify.statuses()[-1], 10)
+    assert gtd.proc is not None
+    assert gtd.proc.poll() is None

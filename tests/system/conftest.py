@@ -6,6 +6,7 @@ reason, where a manager cannot be started (not root, systemd or a tool missing).
 
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
 import typing as t
@@ -36,8 +37,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def user_manager() -> Iterator[UserManager]:
-    """Start one user manager (user ``gtdtest``) for the session; always stop it at the end."""
-    um = UserManager("gtdtest")
+    """Start one user manager for the session; always stop it at the end.
+
+    The user is ``gtdtest``, or ``$GTD_SYSTEST_USER`` so two runs can share a machine.
+    """
+    um = UserManager(os.environ.get("GTD_SYSTEST_USER", "gtdtest"))
     try:
         um.start()
         yield um
