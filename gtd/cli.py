@@ -9,6 +9,7 @@ import logging
 import os
 import pathlib
 import sys
+import time
 import typing as t
 
 from gtd import __version__, agents, config, lifecycle, store, systemd
@@ -36,6 +37,7 @@ class Namespace(argparse.Namespace):
     identity: str
     action: str
     agent_command: str
+    wait: bool
 
 
 def create_parser() -> argparse.ArgumentParser:
@@ -133,7 +135,9 @@ def create_units_subparser(sub: Subparsers[argparse.ArgumentParser]) -> None:
         help="install or remove the systemd user units",
         description=(
             "Write gastown-daemon.service and gastown-tmux.service (pointing at this "
-            "installation's gtd) to ~/.config/systemd/user and reload the user manager."
+            "installation's gtd) to ~/.config/systemd/user and reload the user manager. "
+            "The daemon's unit may write only to the configured town root: run this "
+            "again after changing town_root."
         ),
     )
     usub = parser.add_subparsers(dest="units_command", metavar="ACTION", required=True)
@@ -202,7 +206,7 @@ def create_agent_subparser(sub: Subparsers[argparse.ArgumentParser]) -> None:
 
 def create_tmux_server_subparser(sub: Subparsers[argparse.ArgumentParser]) -> None:
     """``gtd tmux-server``."""
-    sub.add_parser(
+    parser = sub.add_parser(
         "tmux-server",
         help="run the configured tmux server in the foreground (gastown-tmux.service)",
         description=(
@@ -210,6 +214,11 @@ def create_tmux_server_subparser(sub: Subparsers[argparse.ArgumentParser]) -> No
             "server lives in its own unit and never in the daemon's cgroup. Exits 0 "
             "at once when a server already answers on that socket."
         ),
+    )
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="only wait (up to 10 s) until the server answers; exit 1 if it does not",
     )
 
 
@@ -266,6 +275,8 @@ def command_run(args: Namespace) -> int:
     daemon = Daemon(cfg, config_path=path, explicit=explicit, lifecycle=lifecycle.Lifecycle())
     try:
         return daemon.run()
+    except ConfigError:
+        raise
     except GtdError as err:
         logger.critical("cannot run: %s", err)
         return 1
@@ -371,10 +382,14 @@ def command_units(args: Namespace) -> int:
     unit_dir = systemd.user_unit_dir(os.environ, pathlib.Path.home())
     if args.units_command == "install":
         gtd = systemd.gtd_executable()
-        written = systemd.install_units(gtd, unit_dir, now=args.now)
+        cfg, _, _ = load(args)
+        written = systemd.install_units(gtd, unit_dir, cfg.town_root, now=args.now)
         for path in written:
             print(f"wrote {path}")
-        print(f"units in {unit_dir} run {gtd}" + ("; enabled and started" if args.now else ""))
+        print(
+            f"units in {unit_dir} run {gtd} for town {cfg.town_root}"
+            + ("; enabled and started" if args.now else "")
+        )
         return 0
     for path in systemd.uninstall_units(unit_dir):
         print(f"removed {path}")
@@ -436,6 +451,14 @@ def command_tmux_server(args: Namespace) -> int:
     """
     cfg, _, _ = load(args)
     tmux = Tmux(cfg.tmux.socket)
+    if args.wait:
+        deadline = time.monotonic() + 10
+        while not tmux.server_running():
+            if time.monotonic() > deadline:
+                print(f"gtd: tmux server {cfg.tmux.socket or '(default)'} did not answer")
+                return 1
+            time.sleep(0.02)
+        return 0
     if tmux.server_running():
         logger.info(
             "tmux server %s already runs outside this unit; leaving it alone",

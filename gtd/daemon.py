@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import errno
 import logging
 import os
 import pathlib
@@ -27,7 +28,7 @@ from gtd.config import Config, read_config
 from gtd.exc import ConfigError, GtdError, TmuxError
 from gtd.identities import DEACON
 from gtd.notify import Notifier
-from gtd.systemd import TMUX_UNIT, start_unit
+from gtd.systemd import start_tmux_server
 from gtd.tmux import DEFAULT_TIMEOUT, PaneInfo, Tmux
 
 logger = logging.getLogger(__name__)
@@ -91,7 +92,9 @@ class Daemon:
         self.explicit = explicit
         self.notifier = notifier or Notifier()
         self.lifecycle = lifecycle
-        self.start_tmux = start_tmux or (lambda: start_unit(TMUX_UNIT))
+        self.start_tmux = start_tmux or (
+            lambda: start_tmux_server(self.config.tmux.socket, self.config_path)
+        )
         self.policy = policy or sv.Policy()
         self.clock = clock
         self.env = dict(os.environ if env is None else env)
@@ -124,6 +127,14 @@ class Daemon:
         try:
             (town / "daemon").mkdir(parents=True, exist_ok=True)
         except OSError as err:
+            if err.errno == errno.EROFS:
+                # The unit lets the service write only where `gtd units install` saw the
+                # town; exit 78 so systemd does not restart-loop on it.
+                problem = (
+                    f"{town} is read-only for the service; run 'gtd units install' "
+                    "after changing town_root"
+                )
+                raise ConfigError(self.config.source, "town_root", problem) from None
             msg = f"cannot create {town / 'daemon'}: {err.strerror}"
             raise GtdError(msg) from None
         previous = store.load_daemon_state(town)
@@ -385,6 +396,9 @@ class Daemon:
             self.lifecycle.process(self.config, self.tmux, self.tick)
         except (GtdError, OSError) as err:
             logger.error("lifecycle processing failed: %s", err)  # noqa: TRY400
+        except Exception:
+            # A bug in request handling must not take the deacon's supervisor down with it.
+            logger.exception("lifecycle processing crashed; requests stay queued")
 
     def reload(self) -> None:
         """Re-read the config; a bad one keeps the old running and says why."""
@@ -401,12 +415,17 @@ class Daemon:
             self._note = f"reload failed ({err}); running on previous config"
             self.notifier.ready(self.status_text())
             return
-        if new.tmux.socket != self.config.tmux.socket:
+        moved = new.tmux.socket != self.config.tmux.socket
+        if moved:
+            # Agents on the old server are left alone; the deacon is ensured on the new one.
             self.tmux = self._make_tmux(new.tmux.socket)
             self._unwatch_deacon()
+            self.guard = sv.Guard()
         self.config = new
         self._note = ""
         logger.info("config reloaded from %s", self.config_path)
+        if moved:
+            self.ensure_deacon()
         self.next_heartbeat = min(
             self.next_heartbeat, self.clock() + self.config.heartbeat_interval
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import time
 import typing as t
 
 from gtd.exc import SystemdError
@@ -46,16 +47,33 @@ TimeoutStopSec=20s
 # Only the daemon and its short-lived helpers live in this cgroup; agents live in
 # {tmux_unit}, so stopping or killing this unit never reaches an agent.
 KillMode=control-group
-# Hardening a user manager can apply (seccomp and no_new_privs need no namespaces).
-# Network families stay open: pre-sync runs git fetch for refinery and crew.
+# Hardening that works in a user manager (PrivateUsers=yes gives it the namespaces).
+# The service may write only to the town; tmux, journald, systemd and git's remotes are
+# reached through sockets, which a read-only file system does not block. Network stays
+# open for pre-sync's git fetch. ProtectKernelTunables, ProtectControlGroups and
+# ProtectProc are left out: each hid the notify socket or /proc in a user manager here.
+PrivateUsers=yes
+ProtectSystem=strict
+ProtectHome=read-only
+ReadWritePaths=-{town}
+PrivateDevices=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
 NoNewPrivileges=yes
+CapabilityBoundingSet=
 LockPersonality=yes
 MemoryDenyWriteExecute=yes
 RestrictRealtime=yes
 RestrictSUIDSGID=yes
 RestrictNamespaces=yes
+RemoveIPC=yes
+KeyringMode=private
+UMask=0077
 SystemCallArchitectures=native
 SystemCallFilter=@system-service
+SystemCallFilter=~@privileged @resources
 RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6
 
 [Install]
@@ -70,6 +88,8 @@ Documentation=man:tmux(1)
 [Service]
 Type=simple
 ExecStart={gtd} tmux-server
+# "active" only once the server answers, so the daemon (After=) never races its socket.
+ExecStartPost={gtd} tmux-server --wait
 # Stopping this unit ends every agent session; the daemon never does that itself.
 KillMode=control-group
 Restart=on-failure
@@ -83,9 +103,19 @@ WantedBy=default.target
 UNITS = {DAEMON_UNIT: DAEMON_TEMPLATE, TMUX_UNIT: TMUX_TEMPLATE}
 
 
-def render_units(gtd: str) -> dict[str, str]:
-    """The unit files for a ``gtd`` executable at *gtd*."""
-    return {name: template.format(gtd=gtd, tmux_unit=TMUX_UNIT) for name, template in UNITS.items()}
+PACKAGED_TOWN = "%h/gt"
+"""The town in the packaged units: the default town root, as a unit specifier."""
+
+
+def render_units(gtd: str, town: str = PACKAGED_TOWN) -> dict[str, str]:
+    """The unit files for a ``gtd`` executable at *gtd* whose town root is *town*.
+
+    The town is the one directory the hardened daemon may write to.
+    """
+    return {
+        name: template.format(gtd=gtd, tmux_unit=TMUX_UNIT, town=town)
+        for name, template in UNITS.items()
+    }
 
 
 def user_unit_dir(env: t.Mapping[str, str], home: pathlib.Path) -> pathlib.Path:
@@ -146,16 +176,55 @@ def start_unit(unit: str) -> None:
     systemctl("start", "--no-block", unit)
 
 
-def install_units(
-    gtd: str, unit_dir: pathlib.Path, *, now: bool, reload: bool = True
-) -> list[pathlib.Path]:
-    """Write the units for *gtd* into *unit_dir*, reload, and with *now* enable --now.
+def start_tmux_server(socket: str, config_path: pathlib.Path | None) -> None:
+    """Start the agents' tmux server for *socket* under systemd, without waiting.
 
-    Idempotent: files are rewritten atomically only when their text changed.
+    Normally that is :data:`TMUX_UNIT`. If that unit is already up it serves another
+    socket (the config moved to a new one on reload), and restarting it would end the
+    agents there; so this socket's server gets a transient unit of its own instead.
+    """
+    state = ""
+    deadline = time.monotonic() + 1.0
+    while True:
+        state = show(TMUX_UNIT, "ActiveState").get("ActiveState", "")
+        # "deactivating": its server just exited; it is inactive in a moment.
+        if state != "deactivating" or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    if state not in ("active", "activating", "reloading"):
+        start_unit(TMUX_UNIT)
+        return
+    if state != "active":
+        return  # starting: it serves the configured socket; the caller waits for it
+    argv = [gtd_executable()]
+    if config_path is not None:
+        argv += ["--config", str(config_path)]
+    unit = f"gastown-tmux-{socket or 'default'}.service"
+    run = ["systemd-run", "--user", "--collect", f"--unit={unit}", "--no-block"]
+    run += ["--description=Gas Town tmux server (transient, after a socket change)"]
+    try:
+        result = run_bounded([*run, "--", *argv, "tmux-server"], timeout=SYSTEMCTL_TIMEOUT)
+    except (FileNotFoundError, Timeout) as err:
+        msg = f"systemd-run {unit}: {err}"
+        raise SystemdError(msg) from None
+    if result.returncode != 0:
+        msg = f"systemd-run {unit}: {result.stderr.strip() or result.returncode}"
+        raise SystemdError(msg)
+    logger.info("started tmux server for socket %s in transient %s", socket or "(default)", unit)
+
+
+def install_units(
+    gtd: str, unit_dir: pathlib.Path, town: pathlib.Path, *, now: bool, reload: bool = True
+) -> list[pathlib.Path]:
+    """Write the units for *gtd* and *town* into *unit_dir*, reload, with *now* enable --now.
+
+    Creates the town root (the service itself may not create it: its home is
+    read-only). Idempotent: files are rewritten atomically only when their text changed.
     """
     unit_dir.mkdir(parents=True, exist_ok=True)
+    town.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in render_units(gtd).items():
+    for name, text in render_units(gtd, str(town)).items():
         path = unit_dir / name
         if not path.exists() or path.read_text() != text:
             atomic_write(path, text.encode())

@@ -135,8 +135,11 @@ def test_daemon_unit_contract() -> None:
 
 def test_install_units_is_idempotent(tmp_path: pathlib.Path) -> None:
     """Installing twice writes once; files are complete unit files."""
-    first = systemd.install_units("/x/gtd", tmp_path, now=False, reload=False)
-    second = systemd.install_units("/x/gtd", tmp_path, now=False, reload=False)
+    town = tmp_path / "town"
+    first = systemd.install_units("/x/gtd", tmp_path, town, now=False, reload=False)
+    second = systemd.install_units("/x/gtd", tmp_path, town, now=False, reload=False)
     assert 2 == len(first)
     assert [] == second
     assert "ExecStart=/x/gtd tmux-server" in (tmp_path / systemd.TMUX_UNIT).read_text()
+    assert f"ReadWritePaths=-{town}" in (tmp_path / systemd.DAEMON_UNIT).read_text()
+    assert town.is_dir()

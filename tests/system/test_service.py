@@ -252,3 +252,11 @@ def test_units_uninstall_stops_daemon_and_keeps_agents(town: Town) -> None:
     assert "inactive" == town.show("ActiveState")["ActiveState"]
     assert pid == town.deacon_pid()
     assert [] == town.agent_signals()
+
+
+def test_security_exposure_stays_low(town: Town) -> None:
+    """Systemd-analyze --user security rates the installed daemon unit at most 2.5 (OK)."""
+    proc = town.um.run("systemd-analyze", "--user", "security", DAEMON, "--no-pager", check=False)
+    [line] = [ln for ln in proc.stdout.splitlines() if "Overall exposure level" in ln]
+    score = float(line.split(":")[1].split()[0])
+    assert score <= 2.5, line
