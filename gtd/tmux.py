@@ -60,6 +60,14 @@ class PaneInfo:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class CursorLine:
+    """The row the cursor is on (trailing blanks trimmed) and the cursor's column in cells."""
+
+    text: str
+    x: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class TmuxResult:
     """What one tmux invocation returned."""
 
@@ -193,11 +201,17 @@ class Tmux:
             return "no sessions" in err.stderr
         return True
 
-    def list_panes(self) -> list[PaneInfo]:
-        """Every pane of every session in one call; ``[]`` when no server runs."""
+    def list_panes(self, *, missing_ok: bool = True) -> list[PaneInfo]:
+        """Every pane of every session in one call; ``[]`` when no server runs.
+
+        With *missing_ok* false a missing server raises :class:`NoServer` instead, so
+        one call tells "no server" from "no sessions".
+        """
         try:
             result = self.run("list-panes", "-a", "-F", PANE_FORMAT)
         except NoServer:
+            if not missing_ok:
+                raise
             return []
         except TmuxError as err:
             # tmux 3.3 says "no current target" for -a on a server without sessions.
@@ -294,19 +308,24 @@ class Tmux:
         """Send named keys (``Enter``, ``C-u``)."""
         self.run("send-keys", "-t", target, *keys)
 
-    def cursor_line(self, target: str) -> str:
-        """The text of the line the cursor is on, trailing blanks stripped (one tmux call)."""
+    def cursor(self, target: str) -> CursorLine:
+        """The line the cursor is on and its column, from one tmux call (so they agree)."""
         out = self.run(
-            "display-message", "-p", "-t", target, "#{cursor_y}",
+            "display-message", "-p", "-t", target, "#{cursor_x},#{cursor_y}",
             ";", "capture-pane", "-p", "-t", target,
         ).stdout  # fmt: skip
         head, _, screen = out.partition("\n")
-        if not head.strip().isdigit():
+        x, _, y = head.strip().partition(",")
+        if not (x.isdigit() and y.isdigit()):
             msg = f"no cursor position for {target}: {head!r}"
             raise TmuxError(msg, subcommand="display-message")
         lines = screen.split("\n")
-        y = int(head.strip())
-        return lines[y].rstrip() if y < len(lines) else ""
+        row = int(y)
+        return CursorLine(lines[row].rstrip() if row < len(lines) else "", int(x))
+
+    def cursor_line(self, target: str) -> str:
+        """The text of the line the cursor is on, trailing blanks stripped (one tmux call)."""
+        return self.cursor(target).text
 
     def capture(self, target: str) -> str:
         """The visible contents of a pane."""

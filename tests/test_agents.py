@@ -135,7 +135,7 @@ def test_poke_lands_once(
 def test_poke_replaces_half_typed_text(
     tmux_server: TmuxServer, fake_agent: FakeAgent, tmp_path: pathlib.Path
 ) -> None:
-    """Text already on the input line is cleared first, not sent glued to the poke."""
+    """Text on the input line is not sent glued to the poke (test_poke.py: it is put back)."""
     config = make_config(tmp_path / "town", fake_agent, tmux_server)
     tmux = Tmux(tmux_server.socket)
     pane = agents.start_agent(tmux, DEACON, config, create_workdir=True)
