@@ -25,7 +25,7 @@ from gtd import agents, store
 from gtd import state as sv
 from gtd.agents import Stopping
 from gtd.config import Config, read_config
-from gtd.exc import ConfigError, GtdError, TmuxError
+from gtd.exc import ConfigError, GtdError, NoServer, TmuxError
 from gtd.identities import DEACON
 from gtd.notify import Notifier
 from gtd.systemd import start_tmux_server
@@ -108,6 +108,7 @@ class Daemon:
         self.next_ping = 0.0
         self.deacon_pid: int | None = None
         self._pidfd: int | None = None
+        self._deacon_gone = False
         self._selector = selectors.DefaultSelector()
         self._wakeup_r = -1
         self._note = ""
@@ -194,8 +195,10 @@ class Daemon:
                 self.process_lifecycle()
         now = self.clock()
         guard_deadline = sv.next_deadline(self.guard, self.policy)
+        gone, self._deacon_gone = self._deacon_gone, False
         if (
-            wake.deacon_exited
+            gone
+            or wake.deacon_exited
             or (guard_deadline is not None and now >= guard_deadline)
             or (self.tmux_retry_at is not None and now >= self.tmux_retry_at)
         ):
@@ -215,6 +218,8 @@ class Daemon:
 
     def _timeout(self) -> float:
         """Seconds until the next thing the loop must do by itself."""
+        if self._deacon_gone:
+            return 0.0
         deadlines = [self.next_heartbeat]
         if self.notifier.watchdog_interval is not None:
             deadlines.append(self.next_ping)
@@ -300,9 +305,11 @@ class Daemon:
         A server that is gone is started again through systemd.
         """
         try:
-            if not self.tmux.server_running():
+            try:
+                panes = self.tmux.list_panes(missing_ok=False)
+            except NoServer:
                 self.ensure_tmux()
-            panes = self.tmux.list_panes()
+                panes = self.tmux.list_panes()
         except Stopping:
             raise
         except GtdError as err:
@@ -376,16 +383,25 @@ class Daemon:
         index = sv.next_motd(len(messages), self.state.motd_index)
         text = f"HEARTBEAT: {messages[index]}"
         try:
-            submitted = agents.poke(self.tmux, view.pane.pane_id, text)
+            result = agents.poke(self.tmux, view.pane.pane_id, text)
         except TmuxError as err:
             logger.error("poke failed: %s", err, extra={"GTD_IDENTITY": DEACON.dash})  # noqa: TRY400
             return
         self.state.motd_index = index
-        if submitted:
-            logger.info("poked deacon: %s", text, extra={"GTD_IDENTITY": DEACON.dash})
-        else:
+        fields = {"GTD_IDENTITY": DEACON.dash, "GTD_ENTERS": result.enters}
+        if not result.submitted:
+            logger.warning("poke to deacon not confirmed: %s", text, extra=fields)
+        elif result.enters > 1:
             logger.warning(
-                "poke to deacon not confirmed: %s", text, extra={"GTD_IDENTITY": DEACON.dash}
+                "poked deacon: %s (agent swallowed %d Enter)", text, result.enters - 1, extra=fields
+            )
+        else:
+            logger.info("poked deacon: %s", text, extra=fields)
+        if result.restored:
+            logger.info(
+                "put back %d characters a person had typed in the deacon's input line",
+                len(result.restored),
+                extra=fields,
             )
 
     def process_lifecycle(self) -> None:
@@ -447,7 +463,10 @@ class Daemon:
         try:
             fd = os.pidfd_open(pid)
         except ProcessLookupError:
+            # Gone before it could be watched (an agent that dies at once): that is
+            # an exit too, handled on the next turn of the loop, not at startsecs.
             self.deacon_pid = None
+            self._deacon_gone = True
             return
         self._pidfd = fd
         self.deacon_pid = pid

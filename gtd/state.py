@@ -68,6 +68,11 @@ def backoff(failures: int, policy: Policy) -> float:
 def step(guard: Guard, alive: bool, now: float, policy: Policy) -> tuple[Guard, Action]:
     """Advance *guard* given whether the agent is *alive* at *now*.
 
+    A start becomes healthy (RUNNING, failures cleared) only when the agent is seen
+    alive ``startsecs`` after it; dying before that is a quick failure. The daemon
+    looks at the agent at that moment (:func:`next_deadline`), so a healthy agent
+    is never mistaken for a failing one.
+
     Idempotent for repeated observations of the same fact. When the result is
     :attr:`Action.START` the guard already records the start; if the start then
     fails, the next observation of "not alive" counts it as a quick failure.
@@ -87,10 +92,8 @@ def step(guard: Guard, alive: bool, now: float, policy: Policy) -> tuple[Guard, 
     phase = guard.phase
     retry_at = guard.retry_at
     if phase is Phase.STARTING:
-        if started is not None and now - started < policy.startsecs:
-            failures = (*failures, now)
-        else:
-            failures = ()
+        # Not yet seen alive past startsecs: a quick failure, even when noticed late.
+        failures = (*failures, now)
         phase = Phase.EXITED
         retry_at = (failures[-1] if failures else now) + backoff(len(failures), policy)
     elif phase is Phase.RUNNING:

@@ -45,8 +45,9 @@ WatchdogSec=30s
 TimeoutStartSec=60s
 TimeoutStopSec=20s
 # Only the daemon and its short-lived helpers live in this cgroup; agents live in
-# {tmux_unit}, so stopping or killing this unit never reaches an agent.
-KillMode=control-group
+# {tmux_unit}, so stopping or killing this unit never reaches an agent. mixed: SIGTERM
+# goes to the daemon alone, which finishes its step (a poke, a request) before exiting.
+KillMode=mixed
 # Hardening that works in a user manager (PrivateUsers=yes gives it the namespaces).
 # The service may write only to the town; tmux, journald, systemd and git's remotes are
 # reached through sockets, which a read-only file system does not block. Network stays

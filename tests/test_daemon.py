@@ -267,3 +267,16 @@ def test_frozen_tmux_server_keeps_the_watchdog_fed_and_recovers(gtd: Gtd) -> Non
     assert retry_until(lambda: "tmux unavailable" not in gtd.notify.statuses()[-1], 10)
     assert gtd.proc is not None
     assert gtd.proc.poll() is None
+
+
+def test_agent_dying_at_once_backs_off(gtd: Gtd) -> None:
+    """An agent gone before it can be watched (/bin/false) is noticed at once and backs off.
+
+    Quick exits at about 0, 1 and 3 s; not one exit per startsecs with STATUS "starting".
+    """
+    gtd.write_config(command='"/bin/false"')
+    gtd.start()
+    assert retry_until(lambda: gtd.notify.has("READY=1"), 10), gtd.log()
+    assert retry_until(
+        lambda: any("crash-looping (3 quick exits)" in s for s in gtd.notify.statuses()), 6
+    ), gtd.notify.statuses()

@@ -136,3 +136,10 @@ def test_motd_needs_messages() -> None:
     """Zero messages is a programming error, not a silent empty poke."""
     with pytest.raises(ValueError, match="no messages"):
         next_motd(0, -1)
+
+
+def test_transition_starting_found_dead_late_is_a_quick_failure() -> None:
+    """Dead when first looked at after startsecs, never seen alive: still a quick failure."""
+    guard, _ = step(Guard(), False, 0.0, POLICY)
+    guard, action = step(guard, False, 10.0, POLICY)
+    assert (Phase.BACKOFF, Action.NONE, (10.0,)) == (guard.phase, action, guard.failures)
