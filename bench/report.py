@@ -1,0 +1,164 @@
+"""Rendering: a wrapped text table for the terminal, Markdown for docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import textwrap
+import typing as t
+
+if t.TYPE_CHECKING:
+    from bench.common import Results, Row
+
+COMMAND = "sudo .venv/bin/python -m bench.run"
+
+METHOD = """\
+- **1. start → READY.** The daemon unit is stopped and started {starts} times with the
+  tmux unit up and the deacon alive; each start is timed around `systemctl --user start`
+  run as the sandbox user straight from the bench (fork + setuid + exec, no `runuser`).
+  The baseline unit (`bench-notify.service`) is `/usr/bin/python3 -c` a script that sends
+  `READY=1` at once; gtd and the baseline alternate. systemd's own
+  `InactiveExitTimestampMonotonic → ActiveEnterTimestampMonotonic` is reported too.
+  Percentiles are nearest-rank.
+- **2. idle CPU.** With heartbeat 300 s and `WatchdogSec=30s` (the packaged unit), CPU of
+  the unit's cgroup (`cpu.stat usage_usec` in the cgroup v2 hierarchy: the main process
+  and any children) is sampled before and after {idle:g} s of idleness, next to the
+  baseline python notify unit and a `sleep infinity` unit over the same window.
+  Wakeups are voluntary context switches of all the process's threads.
+- **3. memory.** `VmRSS` / `VmHWM` of the daemon's main PID after start, after the idle
+  window, and after {beats} heartbeats at 1 s (config reloaded with `systemctl --user
+  reload`); the baseline is the python notify unit.
+- **4. lifecycle.** `requesting_cycle: true` is set in `<town>/deacon/state.json`, a
+  request `{{"id", "identity": "deacon", "action": "cycle", "created_at", "from"}}` is
+  written to `daemon/lifecycle/tmp/` and renamed into `new/`, then `systemctl --user kill
+  -s USR1 gastown-daemon`; the time runs from just before that systemctl call until the
+  file is in neither `new/` nor `cur/` (1 ms polls), and, from a second thread, until the
+  deacon pane shows a new live `pane_pid` (10 ms tmux polls). {lifecycle} repetitions.
+- **5. dead deacon.** SIGKILL of the deacon's pane PID, then tmux is polled every 10 ms
+  until a new pane PID whose `pane_current_command` is `node` appears. Healthy kills are
+  spaced {spacing:g} s apart (gtd's `startsecs` is 10 s, so each killed agent had
+  become healthy); the quick kills follow each restart at once and show the crash-loop
+  guard's back-off instead. Separately, `gtd run` (no systemd) runs an agent command of
+  `/bin/false` for 18 s, and the gaps between its restarts are compared with the
+  guard's 1 s, 2 s, 4 s, 8 s.
+- **6. tmux work.** `gtd -v run` directly (no systemd), heartbeat 1 s, a private
+  `tmux -L … -f /dev/null -D` server with 1, 10 and 100 extra `sleep infinity` sessions,
+  and a `tmux` wrapper first on `PATH` that logs each invocation with `$EPOCHREALTIME`
+  and execs `/usr/bin/tmux`. Invocations are charged to the heartbeat whose
+  `heartbeat #N done` line follows them; the startup heartbeat is reported apart.
+  Upstream's count is computed from `reference/gastown-9afd6c557`
+  (`ensureDeaconRunning` + `pokeDeacon`), not measured.
+"""
+
+
+def ordered(rows: t.Sequence[Row]) -> list[Row]:
+    """Rows by target number, in measurement order within one target."""
+    return sorted(rows, key=lambda r: r.section.split(".")[0])
+
+
+def verdict(row: Row) -> str:
+    """``meets`` / ``MISSES`` / ``-``."""
+    if row.meets is None:
+        return "-"
+    return "meets" if row.meets else "MISSES"
+
+
+def text_table(header: t.Sequence[str], rows: t.Sequence[t.Sequence[str]],
+               widths: t.Sequence[int]) -> str:  # fmt: skip
+    """A grid table whose cells wrap to *widths*.
+
+    >>> print(text_table(["a", "b"], [["xx yy", "z"]], [2, 1]))
+    +----+---+
+    | a  | b |
+    +----+---+
+    | xx | z |
+    | yy |   |
+    +----+---+
+    """
+    rule = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    out = [rule]
+    for i, row in enumerate([header, *rows]):
+        cells = [textwrap.wrap(c, w) or [""] for c, w in zip(row, widths, strict=True)]
+        for k in range(max(len(c) for c in cells)):
+            parts = [
+                (c[k] if k < len(c) else "").ljust(w) for c, w in zip(cells, widths, strict=True)
+            ]
+            out.append("| " + " | ".join(parts) + " |")
+        if i == 0 or i == len(rows):
+            out.append(rule)
+    return "\n".join(out)
+
+
+def console(results: Results) -> str:
+    """The run's results for the terminal."""
+    header = ["target", "metric", "goal", "measured", "baseline", "verdict"]
+    rows = [
+        [r.section, r.metric, r.target, r.measured, r.baseline, verdict(r)]
+        for r in ordered(results.rows)
+    ]
+    parts = [text_table(header, rows, [16, 34, 14, 30, 30, 7])]
+    for table in results.tables:
+        parts.append(table.title)
+        columns = zip(table.header, *table.rows, strict=True)
+        widths = [max(8, min(22, max(len(x) for x in col))) for col in columns]
+        parts.append(text_table(table.header, table.rows, widths))
+    if results.problems:
+        parts.append("Problems seen:\n" + "\n".join(f"  - {p}" for p in results.problems))
+    return "\n\n".join(parts)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ") or "-"
+
+
+def markdown(
+    results: Results,
+    *,
+    date: str,
+    elapsed: float,
+    facts: t.Mapping[str, str],
+    method: t.Mapping[str, float],
+) -> str:
+    """docs/benchmarks.md."""
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by the benchmark script; do not edit by hand, re-run it instead:",
+        "",
+        "```sh",
+        COMMAND,
+        "```",
+        "",
+        "from the repository root (root is needed for the real `systemd --user` manager and",
+        "journald of `tests/sandbox.py`, here for the sandbox user `gtdbench`).",
+        f"`--quick` gives a shorter, noisier run. This run: {date}, {elapsed:.0f} s.",
+        "",
+        "The targets are those of the project brief. Every number is a measurement on the",
+        "machine below; the baseline column is measured in the same run.",
+        "",
+        "## Machine",
+        "",
+        "| fact | value |",
+        "| --- | --- |",
+        *(f"| {k} | {_cell(v)} |" for k, v in facts.items()),
+        "",
+        "## Results",
+        "",
+        "| target | metric | goal | measured | baseline | verdict | reading |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [
+        f"| {_cell(r.section)} | {_cell(r.metric)} | {_cell(r.target)} | {_cell(r.measured)} "
+        f"| {_cell(r.baseline)} | {verdict(r)} | {_cell(r.reading)} |"
+        for r in ordered(results.rows)
+    ]
+    for table in results.tables:
+        lines += ["", f"### {table.title}", ""]
+        lines.append("| " + " | ".join(_cell(h) for h in table.header) + " |")
+        lines.append("|" + " --- |" * len(table.header))
+        lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in table.rows]
+    lines += ["", "## Method", "", METHOD.format(**method).rstrip()]
+    if results.details:
+        lines += ["", "## Raw samples and details", ""]
+        lines += [f"- {d}" for d in results.details]
+    lines += ["", "## Problems seen during the run", ""]
+    lines += [f"- {p}" for p in results.problems] or ["- none"]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,160 @@
+"""Run every benchmark, print the table, write docs/benchmarks.md.
+
+Usage, from the repository root: ``sudo .venv/bin/python -m bench.run [--quick]``.
+Everything it starts (the ``gtdbench`` user manager and journald, tmux servers,
+``gtd run``) is stopped again, also when a measurement fails or on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import pathlib
+import sys
+import time
+import traceback
+import typing as t
+
+from bench.common import Results, Row, machine_facts
+from bench.crashloop import crash_loop
+from bench.recovery import Recovery
+from bench.report import console, markdown
+from bench.service import DAEMON, Counts, ServiceBench
+from bench.tmuxcount import TmuxWork
+from tests.sandbox import UserManager, missing_requirements
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SANDBOX_USER = "gtdbench"
+"""Not the tests' ``gtdtest``, so a concurrent test run never shares a manager with us."""
+QUICK = Counts(starts=4, idle_seconds=8.0, fast_heartbeats=3, healthy_kills=2, quick_kills=2,
+               lifecycle=5)  # fmt: skip
+
+
+class Namespace(argparse.Namespace):
+    """Typed view of the arguments."""
+
+    quick: bool
+    only: str
+    output: str
+    no_write: bool
+
+
+def create_parser() -> argparse.ArgumentParser:
+    """The ``bench.run`` parser."""
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description="Measure gtd against its targets (needs root for the systemd sandbox).",
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (noisier)")
+    parser.add_argument(
+        "--only",
+        choices=("all", "service", "tmux"),
+        default="all",
+        help="service: targets 1-5 under systemd; tmux: target 6 and the crash-loop check "
+        "(gtd run directly)",
+    )
+    parser.add_argument(
+        "--output", default=str(REPO / "docs" / "benchmarks.md"), help="Markdown report path"
+    )
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    return parser
+
+
+def guarded(results: Results, name: str, step: t.Callable[[], None]) -> None:
+    """Run one measurement; a failure is recorded and the next one still runs."""
+    try:
+        step()
+    except Exception as err:  # noqa: BLE001 - any failure is reported, not fatal
+        traceback.print_exc()
+        results.problems.append(f"{name} failed: {type(err).__name__}: {err}".strip())
+
+
+def run_service(results: Results, counts: Counts) -> None:
+    """Targets 1-5 on a real user manager for ``gtdbench``; always stopped at the end."""
+    if missing := missing_requirements():
+        results.problems.append("service benchmarks not run: " + "; ".join(missing))
+        return
+    um = UserManager(SANDBOX_USER)
+    try:
+        print(f"starting systemd --user and journald for {SANDBOX_USER} ...")
+        um.start()
+        venv = um.ensure_user_can_run(pathlib.Path(sys.prefix))
+        bench = ServiceBench(um, results, counts)
+        bench.setup(venv)
+        print("1. start latency ...")
+        guarded(results, "1. start latency", bench.start_latency)
+        print("2/3. idle CPU and memory ...")
+        guarded(results, "2/3. idle CPU and memory", bench.idle_and_memory)
+        print("4. lifecycle ...")
+        guarded(results, "4. lifecycle", Recovery(bench).lifecycle)
+        print("5. dead deacon ...")
+        guarded(results, "5. dead deacon", Recovery(bench).dead_deacon)
+        journal_problems(um, results, bench.cursor)
+    finally:
+        print(f"stopping the {SANDBOX_USER} manager ...")
+        um.stop()
+
+
+def journal_problems(um: UserManager, results: Results, cursor: str | None) -> None:
+    """Warnings and errors gtd logged during this run (evidence for the report)."""
+    seen: dict[str, int] = {}
+    for entry in um.journal(DAEMON, after_cursor=cursor):
+        if int(entry.get("PRIORITY", 6)) <= 4 and entry.get("SYSLOG_IDENTIFIER") == "gtd":
+            message = str(entry.get("MESSAGE", ""))[:160]
+            seen[message] = seen.get(message, 0) + 1
+    for message, count in seen.items():
+        results.detail(f"journal (warning or worse) x{count}: {message}")
+
+
+def run_tmux(results: Results, quick: bool) -> None:
+    """Target 6 and the crash-loop check against private tmux servers; always cleaned up."""
+    work = TmuxWork(results, (1, 10, 100), 3 if quick else 6)
+    try:
+        print("6. tmux work per heartbeat ...")
+        guarded(results, "6. tmux work", work.measure)
+    finally:
+        work.close()
+    print("5. crash loop of an agent that exits at once ...")
+    guarded(results, "5. crash loop", lambda: crash_loop(results))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmarks; return 0 (they report, they do not judge)."""
+    args = create_parser().parse_args(argv, namespace=Namespace())
+    counts = QUICK if args.quick else Counts()
+    results = Results()
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    begun = time.monotonic()
+    if args.only in ("all", "service"):
+        run_service(results, counts)
+    if args.only in ("all", "tmux"):
+        run_tmux(results, args.quick)
+    elapsed = time.monotonic() - begun
+    if not results.rows:
+        results.rows.append(Row("-", "nothing measured", "-", "-", "-", "see problems"))
+    print()
+    print(console(results))
+    if not args.no_write:
+        facts = machine_facts(sys.executable)
+        method = dataclasses.asdict(counts)
+        text = markdown(
+            results,
+            date=date,
+            elapsed=elapsed,
+            facts=facts,
+            method={
+                "starts": method["starts"],
+                "idle": method["idle_seconds"],
+                "beats": method["fast_heartbeats"],
+                "lifecycle": method["lifecycle"],
+                "spacing": method["kill_spacing"],
+            },
+        )
+        pathlib.Path(args.output).write_text(text)
+        print(f"\nwrote {args.output} ({elapsed:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

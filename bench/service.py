@@ -1,0 +1,431 @@
+"""Targets 1 to 3 on gastown-daemon.service under a real ``systemd --user``, and the town.
+
+One town for the sandbox user, set up as ``tests/system/test_service.py`` does
+(``gtd units install``, the fake agent behind a ``node`` symlink, a private tmux
+socket), plus two baseline units: ``bench-notify.service``, a python that sends
+READY=1 at once and then sleeps, and ``bench-sleep.service`` (``sleep infinity``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import time
+import typing as t
+
+from bench.common import (
+    AsUser,
+    ProcSample,
+    Results,
+    Row,
+    mb,
+    memory,
+    ms,
+    percentile,
+    sample,
+    samples,
+    summary,
+)
+from tests.sandbox import UserManager, retry_until
+
+DAEMON = "gastown-daemon.service"
+TMUX_UNIT = "gastown-tmux.service"
+NOTIFY_UNIT = "bench-notify.service"
+SLEEP_UNIT = "bench-sleep.service"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+FAKE_AGENT = REPO / "tests" / "fakeagent" / "agent.py"
+
+# One line for ExecStart=: no backslashes, `$` or `%` for systemd to expand.
+NOTIFY_SCRIPT = (
+    "import os,signal,socket;"
+    "a=os.environ['NOTIFY_SOCKET'];"
+    "s=socket.socket(socket.AF_UNIX,socket.SOCK_DGRAM);"
+    "s.connect(chr(0)+a[1:] if a[0]=='@' else a);"
+    "s.send(b'READY=1');"
+    "signal.pause()"
+)
+BASELINE_UNITS = {
+    NOTIFY_UNIT: (
+        "[Unit]\nDescription=bench baseline: python3 that sends READY=1 at once\n"
+        "[Service]\nType=notify\nNotifyAccess=main\n"
+        f'ExecStart=/usr/bin/python3 -c "{NOTIFY_SCRIPT}"\n'
+    ),
+    SLEEP_UNIT: (
+        "[Unit]\nDescription=bench baseline: sleep\n[Service]\nExecStart=/bin/sleep infinity\n"
+    ),
+}
+IDLE_CPU_TARGET = 0.001
+"""'Idle CPU about 0' read as: under 0.1 % of one CPU (60 ms of CPU per minute)."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Counts:
+    """How many times each measurement repeats (``--quick`` shrinks them)."""
+
+    starts: int = 10
+    idle_seconds: float = 30.0
+    fast_heartbeats: int = 6
+    healthy_kills: int = 10
+    quick_kills: int = 3
+    lifecycle: int = 20
+    kill_spacing: float = 10.6
+    """Seconds a fresh deacon runs before it is killed: past gtd's startsecs of 10 s."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Pane:
+    """The deacon's pane as tmux reports it."""
+
+    pid: int
+    dead: bool
+    command: str
+
+    @property
+    def alive(self) -> bool:
+        """Live pane whose foreground command is the fake agent's ``node``."""
+        return not self.dead and self.command == "node"
+
+
+class ServiceBench:
+    """The sandbox town and every measurement that needs systemd."""
+
+    def __init__(self, um: UserManager, results: Results, counts: Counts) -> None:
+        self.um = um
+        self.results = results
+        self.counts = counts
+        self.user = AsUser(um)
+        self.venv = pathlib.Path()
+        self.root = um.home / "benchtown"
+        self.socket = "gtd_bench"
+        self.last_deacon_start = 0.0
+        self.cursor: str | None = None
+
+    # -- set-up ----------------------------------------------------------------------
+
+    def setup(self, venv: pathlib.Path) -> None:
+        """Fake agent, config, ``gtd units install``, the baseline units."""
+        self.venv = venv
+        # A sandbox home outlives the manager: drop-ins or a town left by an earlier
+        # (or interrupted) run would change what is measured.
+        for unit in (DAEMON, TMUX_UNIT, *BASELINE_UNITS):
+            shutil.rmtree(self.um.unit_dir / f"{unit}.d", ignore_errors=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.cursor = self.um.journal_cursor()
+        fake = self.um.home / "fake"
+        self.um.write_file("fake/agent.py", FAKE_AGENT.read_text())
+        if not (fake / "node").is_symlink():
+            (fake / "node").symlink_to("/usr/bin/python3")
+        self.write_config("300s")
+        self.um.run(str(venv / "bin" / "gtd"), "units", "install")
+        for name, text in BASELINE_UNITS.items():
+            self.um.write_file(self.um.unit_dir.relative_to(self.um.home) / name, text)
+        self.um.systemctl("daemon-reload")
+        dropins = self.user.show(DAEMON, "DropInPaths").get("DropInPaths", "")
+        if dropins:
+            self.results.problems.append(f"{DAEMON} has drop-ins: {dropins}")
+
+    def write_config(self, heartbeat: str) -> None:
+        """The daemon's config: the fake agent, a private tmux socket, no gt mail."""
+        node = self.um.home / "fake" / "node"
+        agent = self.um.home / "fake" / "agent.py"
+        command = f"{node} {agent} --log {self.root / 'agent.log'}"
+        self.um.write_file(
+            ".config/gastown/daemon.toml",
+            f"town_root = {json.dumps(str(self.root))}\n"
+            f'heartbeat_interval = "{heartbeat}"\n'
+            f'[agent]\ncommand = {json.dumps(command)}\nalive_commands = ["node"]\n'
+            f'[tmux]\nsocket = "{self.socket}"\n'
+            '[lifecycle]\ngt_command = ""\n',
+        )
+
+    def make_dirs(self, path: pathlib.Path) -> None:
+        """Create *path* and its missing parents 0700, owned by the user (as gtd would)."""
+        for directory in [*reversed(path.parents), path]:
+            if not directory.exists():
+                directory.mkdir(mode=0o700)
+                os.chown(directory, self.um.uid, self.um.gid)
+
+    # -- probes ----------------------------------------------------------------------
+
+    def deacon(self) -> Pane | None:
+        """The deacon's pane now (one tmux client call as the user), or None."""
+        proc = self.user.run(
+            "tmux", "-L", self.socket, "list-panes", "-t", "=gt-deacon",
+            "-F", "#{pane_pid} #{pane_dead} #{pane_current_command}", timeout=5,
+        )  # fmt: skip
+        parts = proc.stdout.split("\n", 1)[0].split()
+        if proc.returncode != 0 or len(parts) != 3 or not parts[0].isdigit():
+            return None
+        return Pane(int(parts[0]), parts[1] == "1", parts[2])
+
+    def live_deacon(self) -> Pane:
+        """Wait (at most 15 s) for a live deacon and return it."""
+        found: list[Pane] = []
+
+        def alive() -> bool:
+            pane = self.deacon()
+            found[:] = [pane] if pane is not None and pane.alive else []
+            return bool(found)
+
+        retry_until(alive, 15, 0.02)
+        return found[0]
+
+    def main_pid(self, unit: str = DAEMON) -> int:
+        """The unit's MainPID (0 when not running)."""
+        return int(self.user.show(unit, "MainPID").get("MainPID", "0") or 0)
+
+    def state(self) -> dict[str, t.Any]:
+        """The daemon's state.json ({} while unreadable)."""
+        try:
+            obj: dict[str, t.Any] = json.loads((self.root / "daemon" / "state.json").read_text())
+        except (OSError, ValueError):
+            return {}
+        return obj
+
+    def wait_heartbeats(self, pid: int, after: int, timeout: float = 30.0) -> int:
+        """Wait until the daemon *pid* has recorded heartbeat number > *after*; return it."""
+
+        def done() -> bool:
+            st = self.state()
+            return st.get("pid") == pid and int(st.get("heartbeat_count", 0)) > after
+
+        retry_until(done, timeout, 0.02)
+        return int(self.state()["heartbeat_count"])
+
+    def start(self, unit: str) -> tuple[float, float | None]:
+        """Start *unit*: wall time of ``systemctl --user start`` and systemd's own.
+
+        systemd's own is InactiveExit to ActiveEnter: fork to READY=1 for Type=notify.
+
+        Raises
+        ------
+        RuntimeError
+            systemctl failed.
+        """
+        begun = time.perf_counter()
+        proc = self.user.systemctl("start", unit)
+        wall = time.perf_counter() - begun
+        if proc.returncode != 0:
+            msg = f"systemctl --user start {unit}: {proc.stderr.strip()}"
+            raise RuntimeError(msg)
+        props = self.user.show(
+            unit, "InactiveExitTimestampMonotonic", "ActiveEnterTimestampMonotonic"
+        )
+        try:
+            inner = (
+                int(props["ActiveEnterTimestampMonotonic"])
+                - int(props["InactiveExitTimestampMonotonic"])
+            ) / 1e6
+        except (KeyError, ValueError):
+            return wall, None
+        return wall, inner if inner >= 0 else None
+
+    def stop(self, unit: str) -> float:
+        """Stop *unit*; return the wall time of ``systemctl --user stop``."""
+        begun = time.perf_counter()
+        self.user.systemctl("stop", unit)
+        return time.perf_counter() - begun
+
+    # -- 1. start to READY -----------------------------------------------------------
+
+    def start_latency(self) -> None:
+        """Target 1: ``systemctl --user start gastown-daemon`` returns within 300 ms."""
+        res = self.results
+        cold, cold_inner = self.start(DAEMON)
+        self.last_deacon_start = time.monotonic()
+        self.live_deacon()
+        gtd: list[float] = []
+        gtd_inner: list[float] = []
+        base: list[float] = []
+        base_inner: list[float] = []
+        stops: list[float] = []
+        for _ in range(self.counts.starts):
+            # Alternate gtd and the baseline so both see the same background noise.
+            stops.append(self.stop(DAEMON))
+            self.live_deacon()
+            for unit, wall, inner in ((DAEMON, gtd, gtd_inner), (NOTIFY_UNIT, base, base_inner)):
+                if unit == NOTIFY_UNIT:
+                    self.stop(unit)
+                w, i = self.start(unit)
+                wall.append(w)
+                if i is not None:
+                    inner.append(i)
+        p90 = percentile(gtd, 90)
+        res.add(
+            Row(
+                "1. start → READY",
+                "`systemctl --user start` wall time (tmux unit up, deacon alive)",
+                "≤ 300 ms",
+                summary(gtd),
+                f"python3 notify unit: {summary(base)}",
+                f"p90 {'within' if p90 <= 0.3 else 'over'} 300 ms; gtd's own share ≈ "
+                f"{ms(percentile(gtd, 50) - percentile(base, 50))} (p50 minus baseline p50)",
+                p90 <= 0.3,
+            )
+        )
+        if gtd_inner and base_inner:
+            res.add(
+                Row(
+                    "1. start → READY",
+                    "fork → READY=1 (systemd's InactiveExit → ActiveEnter timestamps)",
+                    "≤ 300 ms",
+                    summary(gtd_inner),
+                    f"python3 notify unit: {summary(base_inner)}",
+                    "the same start without systemctl's client round trip",
+                    percentile(gtd_inner, 90) <= 0.3,
+                )
+            )
+        res.add(
+            Row(
+                "1. start → READY",
+                "first start: also starts gastown-tmux.service and creates the deacon",
+                "(informational)",
+                ms(cold) + (f" (fork → READY {ms(cold_inner)})" if cold_inner else ""),
+                "-",
+                "cold path, once per boot",
+            )
+        )
+        res.detail(f"start samples gtd: {samples(gtd)}")
+        res.detail(f"start samples baseline: {samples(base)}")
+        res.detail(f"`systemctl --user stop gastown-daemon` wall: {summary(stops)}")
+        self._import_cost()
+
+    def _import_cost(self) -> None:
+        """How much of a start is the interpreter and gtd's imports (detail lines)."""
+        gtd = str(self.venv / "bin" / "gtd")
+        runs: dict[str, list[float]] = {"python3 -c pass": [], "gtd --version": []}
+        for _ in range(5):
+            for label, argv in (
+                ("python3 -c pass", ["/usr/bin/python3", "-c", "pass"]),
+                ("gtd --version", [gtd, "--version"]),
+            ):
+                begun = time.perf_counter()
+                self.user.run(*argv)
+                runs[label].append(time.perf_counter() - begun)
+        for label, values in runs.items():
+            self.results.detail(f"`{label}` as the user: {summary(values, p90=False)}")
+
+    # -- 2 and 3. idle CPU and memory ----------------------------------------------------
+
+    def idle_and_memory(self) -> None:
+        """Targets 2 and 3: CPU and wakeups while idle; RSS after start and after heartbeats."""
+        res = self.results
+        main = self.main_pid()
+        self.wait_heartbeats(main, 0)
+        self.user.systemctl("start", NOTIFY_UNIT, SLEEP_UNIT)
+        time.sleep(1.0)  # let the startup poke's last tmux child be reaped
+        notify_pid, sleep_pid = self.main_pid(NOTIFY_UNIT), self.main_pid(SLEEP_UNIT)
+        after_start = memory(main)
+        base_mem = memory(notify_pid)
+        units = {DAEMON: main, NOTIFY_UNIT: notify_pid, SLEEP_UNIT: sleep_pid}
+        cgroups = {u: self.user.show(u, "ControlGroup").get("ControlGroup") for u in units}
+        before = {u: sample(p, cgroups[u]) for u, p in units.items()}
+        begun = time.monotonic()
+        time.sleep(self.counts.idle_seconds)
+        after = {u: sample(p, cgroups[u]) for u, p in units.items()}
+        window = time.monotonic() - begun
+        if self.main_pid() != main:
+            res.problems.append("gastown-daemon's MainPID changed during the idle window")
+        rates = {u: _rates(before[u], after[u], window) for u in units}
+        cpu, wake = rates[DAEMON]
+        res.add(
+            Row(
+                "2. idle CPU",
+                f"CPU of the daemon's cgroup over {window:.0f} s idle (heartbeat 300 s)",
+                "≈ 0 (read: < 60 ms/min, 0.1 %)",
+                f"{cpu * 60 * 1000:.1f} ms/min ({cpu * 100:.3f} %)",
+                f"python3 notify unit {rates[NOTIFY_UNIT][0] * 60000:.1f} ms/min; "
+                f"sleep unit {rates[SLEEP_UNIT][0] * 60000:.1f} ms/min",
+                f"{'about zero' if cpu < IDLE_CPU_TARGET else 'not idle'}: "
+                "the loop sleeps in select() until the watchdog ping or the heartbeat",
+                cpu < IDLE_CPU_TARGET,
+            )
+        )
+        res.add(
+            Row(
+                "2. idle CPU",
+                "wakeups (voluntary context switches, all threads) per minute",
+                "(informational)",
+                f"{wake * 60:.1f}/min",
+                f"python3 notify unit {rates[NOTIFY_UNIT][1] * 60:.1f}/min; "
+                f"sleep unit {rates[SLEEP_UNIT][1] * 60:.1f}/min",
+                "WatchdogSec=30s means a ping every 15 s: 4 wakeups/min is the floor",
+            )
+        )
+        for unit in units:
+            b, a = before[unit], after[unit]
+            res.detail(
+                f"{unit} idle deltas: cgroup {_delta(b.cgroup_usec, a.cgroup_usec)} µs, "
+                f"schedstat {(a.run_ns - b.run_ns) / 1000:.0f} µs, "
+                f"stat {a.cpu_ticks - b.cpu_ticks} ticks, "
+                f"voluntary {a.voluntary - b.voluntary}, "
+                f"involuntary {a.involuntary - b.involuntary}"
+            )
+        after_idle = memory(main)
+        res.add(
+            Row(
+                "3. memory",
+                "daemon main PID VmRSS / VmHWM after start (and after the idle window)",
+                "RSS ≤ 40 MB",
+                f"{mb(after_start['VmRSS'])} / {mb(after_start['VmHWM'])} "
+                f"({mb(after_idle['VmRSS'])} / {mb(after_idle['VmHWM'])})",
+                f"python3 notify unit {mb(base_mem['VmRSS'])} / {mb(base_mem['VmHWM'])}",
+                f"gtd's own ≈ {mb(after_start['VmRSS'] - base_mem['VmRSS'])} over bare python",
+                after_idle["VmHWM"] <= 40 * 1024,
+            )
+        )
+        self._fast_heartbeats(main, base_mem)
+
+    def _fast_heartbeats(self, main: int, base_mem: dict[str, int]) -> None:
+        """RSS after a few 1 s heartbeats (reload with heartbeat_interval = 1s)."""
+        res = self.results
+        count = int(self.state().get("heartbeat_count", 0))
+        self.write_config("1s")
+        self.user.systemctl("reload", DAEMON)
+        cgroup = self.user.show(DAEMON, "ControlGroup").get("ControlGroup")
+        before = sample(main, cgroup)
+        begun = time.monotonic()
+        reached = self.wait_heartbeats(main, count + self.counts.fast_heartbeats - 1, 60)
+        window = time.monotonic() - begun
+        after = sample(main, cgroup)
+        mem = memory(main)
+        self.write_config("300s")
+        self.user.systemctl("reload", DAEMON)
+        beats = reached - count
+        cpu = (_delta_seconds(before, after)) / max(beats, 1)
+        res.add(
+            Row(
+                "3. memory",
+                f"VmRSS / VmHWM after {beats} heartbeats at 1 s (poke included)",
+                "RSS ≤ 40 MB",
+                f"{mb(mem['VmRSS'])} / {mb(mem['VmHWM'])}",
+                f"python3 notify unit {mb(base_mem['VmRSS'])} / {mb(base_mem['VmHWM'])}",
+                "no growth per heartbeat" if mem["VmRSS"] <= base_mem["VmRSS"] + 40 * 1024 else "",
+                mem["VmHWM"] <= 40 * 1024,
+            )
+        )
+        res.detail(
+            f"{beats} heartbeats at 1 s took {window:.1f} s; CPU per heartbeat "
+            f"(cgroup, tmux children included) {cpu * 1000:.1f} ms"
+        )
+        if self.main_pid() != main:
+            res.problems.append("gastown-daemon restarted during the 1 s heartbeat phase")
+
+
+def _delta(a: int | None, b: int | None) -> str:
+    return "n/a" if a is None or b is None else str(b - a)
+
+
+def _delta_seconds(before: ProcSample, after: ProcSample) -> float:
+    """CPU seconds between two samples: the cgroup's when known (children included)."""
+    if before.cgroup_usec is not None and after.cgroup_usec is not None:
+        return (after.cgroup_usec - before.cgroup_usec) / 1e6
+    return (after.run_ns - before.run_ns) / 1e9
+
+
+def _rates(before: ProcSample, after: ProcSample, window: float) -> tuple[float, float]:
+    """(CPU fraction of one core, voluntary context switches per second)."""
+    return _delta_seconds(before, after) / window, (after.voluntary - before.voluntary) / window
