@@ -109,6 +109,7 @@ class Daemon:
         self.deacon_pid: int | None = None
         self._pidfd: int | None = None
         self._deacon_gone = False
+        self._disk = ""
         self._selector = selectors.DefaultSelector()
         self._wakeup_r = -1
         self._note = ""
@@ -495,16 +496,21 @@ class Daemon:
             with contextlib.suppress(ValueError):
                 when = f" at {datetime.datetime.fromisoformat(last).strftime('%H:%M:%S')}"
         text = f"deacon {deacon}; heartbeat #{self.state.heartbeat_count}{when}"
-        for note in (self._problem, self._note):
+        for note in (self._problem, self._disk, self._note):
             if note:
                 text = f"{text}; {note}"
         return text
 
     def _save_state(self) -> None:
+        """Write state.json; a failure (disk full) keeps the old file and shows in STATUS."""
+        path = store.state_path(self.config.town_root)
         try:
             store.save_daemon_state(self.config.town_root, self.state)
         except OSError as err:
-            logger.error("cannot write %s: %s", store.state_path(self.config.town_root), err)  # noqa: TRY400
+            logger.error("cannot write %s: %s", path, err.strerror or err)  # noqa: TRY400
+            self._disk = f"cannot write state.json: {err.strerror or err}"
+        else:
+            self._disk = ""
 
 
 _STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})

@@ -1,29 +1,30 @@
-"""Lifecycle requests: a crash-safe spool, upstream's ``gt mail`` source, and the actions.
+"""Lifecycle requests: a crash-safe, trusted spool, and the actions they ask for.
 
 Requests live in ``<town>/daemon/lifecycle/``. :func:`enqueue` writes one whole to
 ``tmp/`` and renames it into ``new/``; the daemon claims it by renaming it into
 ``cur/``, records ``attempts`` there before acting and ``executed`` after, and removes
 it only once everything succeeded, or moves it to ``failed/`` with a reason. A crash
 anywhere means the next pass finishes the request; a broken one is tried at most
-:data:`MAX_ATTEMPTS` times and never blocks the others. Pure parsing comes first.
+:data:`MAX_ATTEMPTS` times and never blocks the others; a full disk is waited out.
+Only a spool and files that the daemon's user owns, and no one else can write, are
+trusted. ``gt mail`` requests come in through :mod:`gtd.mail`. Pure parsing comes first.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import errno
 import json
 import logging
 import os
 import pathlib
 import re
 import secrets
-import shutil
 import stat
 import time
 import typing as t
 
-from gtd import agents, proc, store
+from gtd import agents, mail, proc, store
 from gtd.exc import GtdError, IdentityError, RequestError, StateError, TmuxError
 from gtd.identities import Identity, parse_identity
 
@@ -38,28 +39,23 @@ ACTIONS = {"shutdown": "shutdown", "stop": "shutdown", "cycle": "cycle", "restar
 MAX_ATTEMPTS = 3
 MAX_REQUEST_BYTES = 64 * 1024
 PRESYNC_TIMEOUT = 60.0
-MAIL_TIMEOUT = 30.0
 PRESYNC_STEPS: tuple[tuple[str, ...], ...] = (
     ("git", "fetch", "origin"),
     ("git", "pull", "--rebase", "origin", "main"),
     ("bd", "sync"),
 )
 SUBDIRS = ("tmp", "new", "cur", "failed")
+_QUEUES = SUBDIRS[1:]
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+"""Errors that say "the disk is full", not "the request is bad": retried without limit."""
 
 _ID = re.compile(r"[0-9]{20}-[0-9a-f]{8}|mail-[A-Za-z0-9_-]{1,100}")
-_MAIL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
 _FIELDS = ("id", "identity", "action", "created_at", "from")
-_WORDS = {"restart": "restart", "shutdown": "shutdown", "stop": "shutdown", "cycle": "cycle"}
-_WORDS |= {f"action: {a}": a for a in ("restart", "shutdown", "cycle")}
 _KINDS = {stat.S_IFLNK: "symlink", stat.S_IFDIR: "directory", stat.S_IFIFO: "FIFO"}
 Record: t.TypeAlias = dict[str, t.Any]
 
 
-class _DeleteFailed(GtdError):
-    """``gt mail delete`` failed; the request is kept and the delete retried."""
-
-
-# -- pure: ids, records, mail ---------------------------------------------------
+# -- pure: ids and records ------------------------------------------------------
 
 
 def new_id() -> str:
@@ -110,7 +106,7 @@ def check_record(rec: t.Mapping[str, t.Any], rid: str) -> tuple[Identity, str]:
         msg = f"id {rec['id'][:40]!r} does not match the file name {rid}.json"
         raise RequestError(msg)
     mail_id = rec.get("mail_id", "-")
-    if "mail_id" in rec and not (isinstance(mail_id, str) and _MAIL_ID.fullmatch(mail_id)):
+    if "mail_id" in rec and not (isinstance(mail_id, str) and mail.MAIL_ID.fullmatch(mail_id)):
         msg = f"unusable mail_id {str(rec['mail_id'])[:40]!r}"
         raise RequestError(msg)
     action = canonical_action(rec["action"])
@@ -120,76 +116,14 @@ def check_record(rec: t.Mapping[str, t.Any], rid: str) -> tuple[Identity, str]:
         raise RequestError(str(err)) from None
 
 
-def body_action(body: str) -> str | None:
-    r"""The action a lifecycle mail body asks for, read as upstream reads it, or None.
-
-    >>> body_action('{"action": "Cycle"}'), body_action(" Action: Restart\n"), body_action("x")
-    ('cycle', 'restart', None)
-    """
-    try:
-        obj = json.loads(body)
-    except (ValueError, RecursionError):
-        obj = None
-    if not isinstance(obj, dict):
-        return _WORDS.get(body.strip().lower())
-    # Go's encoding/json matches field names case-insensitively.
-    value = next((v for k, v in obj.items() if k.lower() == "action"), None)
-    return value.lower() if isinstance(value, str) and value.lower() in ACTIONS else None
-
-
-def parse_inbox(stdout: str) -> list[Record]:
-    """The messages in ``gt mail inbox --json`` output. Raises ValueError if not a JSON list."""
-    try:
-        data = json.loads(stdout) if stdout.strip() else []
-    except RecursionError as err:
-        raise ValueError(_nested(err)) from None
-    if not isinstance(data, list):
-        msg = f"expected a JSON list, got {type(data).__name__}"
-        raise ValueError(msg)  # noqa: TRY004 - one error type for "bad output"
-    return [m for m in data if isinstance(m, dict)]
-
-
-def mail_record(msg: t.Mapping[str, t.Any], now: str) -> Record | None:
-    """The spool record of a lifecycle mail; None for other mail and mail already read.
-
-    The id is ``mail-<mail id>`` (cleaned, plus a hash if cleaning changed it). An
-    unparseable body gives a record with a ``problem``, so it fails visibly.
-
-    Raises
-    ------
-    ValueError
-        A lifecycle mail whose id is unfit for ``gt mail delete``.
-    """
-    subject, mail_id, sender, body = (msg.get(k) for k in ("subject", "id", "from", "body"))
-    if not isinstance(subject, str) or not subject.lower().startswith("lifecycle:"):
-        return None
-    if msg.get("read") is True:
-        return None  # upstream: already processed
-    if not isinstance(mail_id, str) or not _MAIL_ID.fullmatch(mail_id):
-        problem = f"lifecycle mail with unusable id {str(mail_id)[:60]!r}"
-        raise ValueError(problem)
-    clean = re.sub(r"[^A-Za-z0-9_-]", "_", mail_id)[:80]
-    if clean != mail_id:
-        clean += "-" + hashlib.sha256(mail_id.encode()).hexdigest()[:8]
-    sender = sender if isinstance(sender, str) else ""
-    rec: Record = {"id": f"mail-{clean}", "identity": sender, "action": "", "created_at": now}
-    rec |= {"from": sender, "mail_id": mail_id}
-    if (action := body_action(body) if isinstance(body, str) else None) is None:
-        rec["problem"] = f"unparseable lifecycle mail body {str(body)[:200]!r}"
-    else:
-        rec["action"] = action
-    return rec
-
-
 def _shown(value: object) -> str:
     """Untrusted text, made safe and short for a log line or field."""
     text = value if isinstance(value, str) else repr(value)
     return text[:100] if text.isascii() and text.isprintable() else repr(text)[:100]
 
 
-def _nested(err: Exception) -> str:
-    """Name deep nesting plainly (the json module raises RecursionError for it)."""
-    return "JSON nested too deeply" if isinstance(err, RecursionError) else ""
+def _what(rid: str, rec: t.Mapping[str, t.Any]) -> str:
+    return f"lifecycle request {rid} ({_shown(rec.get('action'))} {_shown(rec.get('identity'))})"
 
 
 def _fields(rid: str, rec: t.Mapping[str, t.Any], outcome: str) -> dict[str, str]:
@@ -208,14 +142,40 @@ def spool_dir(town: pathlib.Path) -> pathlib.Path:
     return town / "daemon" / "lifecycle"
 
 
+def untrusted(st: os.stat_result) -> str | None:
+    """Why a spool entry with this ``lstat`` is not to be trusted, or None.
+
+    Only the daemon's own user may have written it: owned by the effective uid, not
+    writable by group or others, and (for a file) not a hard link to a file elsewhere.
+    """
+    if st.st_uid != os.geteuid():
+        return f"owned by uid {st.st_uid}, not by the daemon's uid {os.geteuid()}"
+    if st.st_mode & 0o022:
+        return f"writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+        return f"a hard link ({st.st_nlink} names)"
+    return None
+
+
 def _ensure_spool(town: pathlib.Path) -> pathlib.Path:
-    """Create the spool directories (0700); refuse any that is not a real directory."""
+    """Create the spool directories (0700); refuse any that is not a real directory.
+
+    Raises
+    ------
+    GtdError
+        A spool directory is a symlink or another non-directory, or is not trusted
+        (:func:`untrusted`). Nothing is changed: a person must look at it.
+    """
     root = spool_dir(town)
     root.parent.mkdir(parents=True, exist_ok=True)
     for path in (root, *(root / sub for sub in SUBDIRS)):
         path.mkdir(mode=0o700, exist_ok=True)
-        if not stat.S_ISDIR(path.lstat().st_mode):
+        st = path.lstat()
+        if not stat.S_ISDIR(st.st_mode):
             msg = f"{path} is not a directory (a symlink?); refusing to use it"
+            raise GtdError(msg)
+        if (why := untrusted(st)) is not None:
+            msg = f"{path} is {why}; the spool is not trusted, requests stay untouched"
             raise GtdError(msg)
     return root
 
@@ -225,7 +185,11 @@ def _dumps(rec: t.Mapping[str, t.Any]) -> bytes:
 
 
 def _write_new(root: pathlib.Path, rec: t.Mapping[str, t.Any]) -> None:
-    """Write *rec* to ``tmp/``, fsync, rename into ``new/``: never seen half-written."""
+    """Write *rec* to ``tmp/``, fsync, rename into ``new/``: never seen half-written.
+
+    On any failure (disk full included) the temp file is removed and nothing is
+    queued; an OSError without a file name gets the spool's.
+    """
     name = f"{rec['id']}.json"
     tmp = root / "tmp" / name
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
@@ -235,9 +199,11 @@ def _write_new(root: pathlib.Path, rec: t.Mapping[str, t.Any]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.rename(tmp, root / "new" / name)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(err, OSError) and err.filename is None:
+            err.filename = str(root)
         raise
     dirfd = os.open(root / "new", os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -282,7 +248,7 @@ def failed(town: pathlib.Path) -> list[Record]:
     """The records in ``failed/`` in name order (spool ids by age, then mail); skips unreadable."""
     records, directory = [], spool_dir(town) / "failed"
     for name in _names(directory):
-        with contextlib.suppress(OSError, StateError, RecursionError):
+        with contextlib.suppress(OSError, StateError):
             if rid := file_id(name):
                 records.append(store.read_json_object(directory / name) | {"id": rid})
     return records
@@ -299,8 +265,8 @@ def check_flag(town: pathlib.Path, identity: Identity, action: str) -> None:
     except FileNotFoundError:
         msg = f"agent state file {path} is missing (the agent must set {key}: true first)"
         raise RequestError(msg) from None
-    except (StateError, RecursionError) as err:
-        msg = f"agent state file {_nested(err) or err}"
+    except StateError as err:
+        msg = f"agent state file {err}"
         raise RequestError(msg) from None
     if state.get(key) is not True:
         got = _shown(repr(state.get(key)))
@@ -319,7 +285,7 @@ def clear_flag(town: pathlib.Path, identity: Identity, action: str) -> bool:
         state = store.read_json_object(path)
     except FileNotFoundError:
         return False
-    except (StateError, RecursionError) as err:
+    except StateError as err:
         logger.warning("cannot clear %s: %s", key, err, extra={"GTD_IDENTITY": identity.dash})
         return False
     if key not in state:
@@ -407,13 +373,14 @@ class Lifecycle:
 
     def __init__(self) -> None:
         self._busy = False
-        self.gt_missing = False
+        self.mail = mail.MailSource()
 
     def process(self, config: Config, tmux: Tmux, tick: t.Callable[[], None]) -> None:
         """One pass: import lifecycle mail, finish ``cur/``, then ``new/`` in name order.
 
         *tick* is called between requests and steps. Bad requests and failing tools
-        are logged, never raised; a nested call (from *tick*) returns at once.
+        are logged, never raised; a nested call (from *tick*) returns at once. An
+        untrusted spool is logged (an error) and left alone, mail import included.
         """
         if self._busy:
             return
@@ -432,10 +399,10 @@ class _Pass:
     def __init__(
         self, owner: Lifecycle, config: Config, tmux: Tmux, tick: t.Callable[[], None]
     ) -> None:
-        self.owner, self.config, self.tmux, self.tick = owner, config, tmux, tick
+        self.config, self.tmux, self.tick = config, tmux, tick
+        self.mail = owner.mail
         self.town = config.town_root
         self.root = spool_dir(self.town)
-        self.inbox: set[str] | None = None
 
     def run(self) -> None:
         _ensure_spool(self.town)
@@ -451,64 +418,21 @@ class _Pass:
             self.tick()
             self.claim(name)
 
-    def gt(self, *args: str) -> proc.Result:
-        argv = (*self.config.lifecycle.argv, *args)
-        return proc.run(argv, timeout=MAIL_TIMEOUT, cwd=self.town, env=daemon_env())
-
     def fetch_mail(self) -> None:
         """Import new lifecycle mail into ``new/``; a failing ``gt`` is logged and skipped."""
-        if not (argv := self.config.lifecycle.argv):
-            return
-        if shutil.which(argv[0]) is None:  # warn once, not every heartbeat
-            level = logging.DEBUG if self.owner.gt_missing else logging.WARNING
-            logger.log(level, "gt mail source skipped: %r not found", argv[0])
-            self.owner.gt_missing = True
-            return
-        self.owner.gt_missing = False
-        try:
-            res = self.gt("mail", "inbox", "--identity", "deacon/", "--json")
-            problem = f"exit status {res.returncode}: {res.stderr.strip()[-300:]}"
-            messages = parse_inbox(res.stdout) if res.returncode == 0 else None
-        except (OSError, proc.Timeout, ValueError) as err:
-            messages, problem = None, str(err)
-        if messages is None:
-            logger.warning("gt mail inbox failed; mail skipped this pass: %s", problem)
-            return
+        argv, now = self.config.lifecycle.argv, store.now_iso()
+        records = self.mail.requests(argv, self.town, daemon_env(), now)
         self.tick()
-        self.inbox = {m["id"] for m in messages if isinstance(m.get("id"), str)}
-        for message in messages:
+        for rec in records:
+            if any(os.path.lexists(self.root / s / f"{rec['id']}.json") for s in _QUEUES):
+                continue  # imported before (a crash, or it failed)
             try:
-                rec = mail_record(message, store.now_iso())
-                if rec is None or self.known(rec["id"]):
-                    continue
                 _write_new(self.root, rec)
-            except (ValueError, OSError) as err:
+            except OSError as err:
                 logger.warning("lifecycle mail not imported: %s", err)
                 continue
             extra = _fields(rec["id"], rec, "imported") | {"GTD_MAIL_ID": rec["mail_id"]}
             logger.info("imported lifecycle mail %s as %s", rec["mail_id"], rec["id"], extra=extra)
-
-    def known(self, rid: str) -> bool:
-        return any(os.path.lexists(self.root / s / f"{rid}.json") for s in ("new", "cur", "failed"))
-
-    def delete_mail(self, rec: Record) -> None:
-        """Delete the request's mail if it has one that is still there; raise _DeleteFailed."""
-        mail_id = rec.get("mail_id")
-        if not isinstance(mail_id, str) or not _MAIL_ID.fullmatch(mail_id):
-            return
-        if self.inbox is not None and mail_id not in self.inbox:
-            return  # already gone (a crash after the delete)
-        if not self.config.lifecycle.argv:
-            logger.warning("gt mail source is off; mail %s stays in the inbox", mail_id)
-            return
-        try:
-            res = self.gt("mail", "delete", mail_id)
-            problem = f"exit status {res.returncode}: {res.stderr.strip()[-200:]}"
-        except (OSError, proc.Timeout) as err:
-            res, problem = None, str(err)
-        if res is None or res.returncode != 0:
-            msg = f"gt mail delete {mail_id}: {problem}"
-            raise _DeleteFailed(msg)
 
     def claim(self, name: str) -> None:
         """Move ``new/<name>`` into ``cur/`` (the claim) and handle it."""
@@ -532,24 +456,31 @@ class _Pass:
             if not stat.S_ISREG(st.st_mode):
                 kind = _KINDS.get(stat.S_IFMT(st.st_mode), "special file")
                 self.reject(path, rid, f"not a regular file ({kind}); left unread")
+            elif (why := untrusted(st)) is not None:
+                self.reject(path, rid, f"not trusted: {why}; left unread")
             elif st.st_size > MAX_REQUEST_BYTES:
                 self.reject(path, rid, f"larger than {MAX_REQUEST_BYTES} bytes", raw=True)
             else:
                 try:
                     rec = store.read_json_object(path)
-                except (StateError, RecursionError) as err:
-                    problem = str(err).removeprefix(f"{path}: ")
-                    self.reject(path, rid, _nested(err) or problem, raw=True)
+                except StateError as err:
+                    self.reject(path, rid, str(err).removeprefix(f"{path}: "), raw=True)
                     return
                 try:
                     self.advance(path, rid, rec)
                 except OSError as err:  # the spool itself (disk full ...): next pass
-                    logger.warning("request %s: %s", rid, err, extra=_fields(rid, rec, "retry"))
+                    extra = _fields(rid, rec, "retry")
+                    logger.warning(
+                        "lifecycle request %s kept for the next pass: %s", rid, err, extra=extra
+                    )
                 except Exception:  # a bug, not bad input: the traceback helps; attempts bound it
                     logger.exception("request %s failed", rid, extra=_fields(rid, rec, "retry"))
 
     def advance(self, path: pathlib.Path, rid: str, rec: Record) -> None:
-        """Count an attempt, then act, mark executed, clear the flag, delete the mail."""
+        """Count an attempt, then act, mark executed, clear the flag, delete the mail.
+
+        A full disk (:data:`NO_SPACE`) spends no attempt: the request waits for space.
+        """
         attempts = rec.get("attempts")
         attempts = attempts if type(attempts) is int and attempts >= 0 else 0
         if attempts >= MAX_ATTEMPTS:
@@ -570,27 +501,36 @@ class _Pass:
                     clear_flag(self.town, identity, action)
                 except RequestError as err:
                     rec["failure"] = str(err)
-            self.delete_mail(rec)
-        except (TmuxError, OSError, _DeleteFailed) as err:
+            self.mail.delete(rec)
+        except (TmuxError, OSError, mail.DeleteFailed) as err:
+            what = _what(rid, rec)
+            if isinstance(err, OSError) and err.errno in NO_SPACE:
+                rec["attempts"] -= 1  # the disk is full, the request is fine: no attempt spent
+                rec["last_error"] = str(err)
+                with contextlib.suppress(OSError):
+                    store.atomic_write(path, _dumps(rec), mode=0o600)
+                logger.warning(
+                    "%s waits for disk space: %s", what, err, extra=_fields(rid, rec, "retry")
+                )
+                return
             if rec["attempts"] >= MAX_ATTEMPTS:
                 reason = f"gave up after {rec['attempts']} attempts: {err}"
-                self.give_up(path, rid, rec, reason, not isinstance(err, _DeleteFailed))
+                self.give_up(path, rid, rec, reason, not isinstance(err, mail.DeleteFailed))
                 return
             rec["last_error"] = str(err)
             store.atomic_write(path, _dumps(rec), mode=0o600)
             logger.warning(
-                "lifecycle request %s (%s %s) will be retried, attempt %d of %d: %s",
-                rid, _shown(rec.get("action")), _shown(rec.get("identity")),
-                rec["attempts"], MAX_ATTEMPTS, err, extra=_fields(rid, rec, "retry"),
+                "%s will be retried, attempt %d of %d: %s", what, rec["attempts"], MAX_ATTEMPTS,
+                err, extra=_fields(rid, rec, "retry"),
             )  # fmt: skip
             return
         self.finish(path, rid, rec)
 
     def give_up(self, path: pathlib.Path, rid: str, rec: Record, why: str, delete: bool) -> None:
         """Retries are spent: try the mail delete once more, then move to ``failed/``."""
-        with contextlib.suppress(_DeleteFailed):
+        with contextlib.suppress(mail.DeleteFailed):
             if delete:
-                self.delete_mail(rec)
+                self.mail.delete(rec)
         earlier = rec.get("failure")
         rec["failure"] = f"{earlier}; {why}" if isinstance(earlier, str) else why
         self.finish(path, rid, rec)
@@ -601,9 +541,7 @@ class _Pass:
         if isinstance(failure, str):
             self.write_failed(rid, rec, failure)
         path.unlink()
-        what = (
-            f"lifecycle request {rid} ({_shown(rec.get('action'))} {_shown(rec.get('identity'))})"
-        )
+        what = _what(rid, rec)
         if isinstance(failure, str):
             logger.error("%s failed: %s", what, failure, extra=_fields(rid, rec, "failed"))
         else:

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import logging
 import os
 import pathlib
 import stat
@@ -17,6 +18,8 @@ import tempfile
 import typing as t
 
 from gtd.exc import StateError
+
+logger = logging.getLogger(__name__)
 
 MAX_STATE_BYTES = 1 << 20
 """State files are small; anything bigger is refused rather than read into memory."""
@@ -27,12 +30,12 @@ def atomic_write(path: pathlib.Path, data: bytes, *, mode: int = 0o644) -> None:
 
     Writes a temp file in the same directory, fsyncs it, renames it over *path* and
     fsyncs the directory. On any failure (disk full included) the old file is intact
-    and the temp file is removed.
+    and the temp file is removed. A symlink at *path* is replaced, never followed.
 
     Raises
     ------
     OSError
-        Whatever the write, fsync or rename raised.
+        Whatever the write, fsync or rename raised; without a file name it gets *path*.
     """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -42,9 +45,11 @@ def atomic_write(path: pathlib.Path, data: bytes, *, mode: int = 0o644) -> None:
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.filename is None:
+            err.filename = str(path)  # "No space left on device" alone does not say where
         raise
     dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -61,6 +66,8 @@ def write_json(path: pathlib.Path, obj: t.Mapping[str, t.Any]) -> None:
 def read_json_object(path: pathlib.Path) -> dict[str, t.Any]:
     """Read a JSON object from *path*, refusing symlinks, huge files and non-objects.
 
+    Never blocks: a FIFO or device is refused, not opened for reading and waited on.
+
     Raises
     ------
     FileNotFoundError
@@ -69,7 +76,7 @@ def read_json_object(path: pathlib.Path) -> dict[str, t.Any]:
         Anything else: unreadable, not a regular file, too big, not UTF-8 JSON, not an object.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise
     except OSError as err:
@@ -141,10 +148,17 @@ def state_path(town: pathlib.Path) -> pathlib.Path:
 
 
 def load_daemon_state(town: pathlib.Path) -> DaemonState:
-    """The last saved state; a missing or unreadable file gives a fresh one."""
+    """The last saved state; a missing or unreadable file gives a fresh one.
+
+    An unreadable file (binary, huge, a symlink, not an object) is logged as a warning
+    and left as it is; the next save replaces it (a symlink's target is never touched).
+    """
     try:
         return DaemonState.from_json(read_json_object(state_path(town)))
-    except (FileNotFoundError, StateError):
+    except FileNotFoundError:
+        return DaemonState()
+    except StateError as err:
+        logger.warning("ignoring the daemon state file, starting afresh: %s", err)
         return DaemonState()
 
 

@@ -5,6 +5,8 @@ Agents run in a real tmux server (private socket) as the fake agent; git runs fo
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
@@ -13,14 +15,15 @@ import secrets
 import shutil
 import stat
 import subprocess
+import threading
 import time
 import typing as t
 
 import pytest
 
-from gtd import agents, lifecycle
+from gtd import agents, lifecycle, store
 from gtd.config import AgentConfig, Config, LifecycleConfig, TmuxConfig
-from gtd.exc import IdentityError, RequestError
+from gtd.exc import GtdError, IdentityError, RequestError
 from gtd.identities import Identity, parse_identity
 from gtd.lifecycle import Lifecycle
 from gtd.tmux import Tmux
@@ -594,6 +597,14 @@ BAD_CASES = [
     BadCase("state-missing", req(), "state.json is missing", state=None),
     BadCase("state-not-json", req(), "not JSON", state=b"requesting_cycle=true"),
     BadCase("state-not-object", req(), "not a JSON object but list", state=b"[true]"),
+    BadCase("state-truncated", req(), "not JSON", state=b'{"requesting_cycle": tr'),
+    BadCase("state-binary", req(), "not UTF-8", state=b'{"requesting_cycle": true, "\xff": 1}'),
+    BadCase(
+        "state-huge",
+        req(),
+        "larger than 1048576 bytes",
+        state=b'{"requesting_cycle": true, "x": "' + b"x" * (1 << 20) + b'"}',
+    ),
     BadCase("flag-not-set", req(), "requesting_cycle is not true", state=b'{"x": 1}'),
     BadCase("flag-is-a-string", req(), "got 'true'", state=b'{"requesting_cycle": "true"}'),
     BadCase("no-workdir", req(identity="x/refinery"), "workdir of x-refinery", agent="x/refinery"),
@@ -632,19 +643,24 @@ def test_bad_requests_end_in_failed_with_a_reason(
     assert all(r.exc_info is None for r in logs.records)
     if case.name is None:
         assert rid == record["id"]
+    if case.state is not None:  # a bad agent state file is never rewritten
+        assert case.state == parse_identity(case.agent).state_file(town).read_bytes()
 
 
+@pytest.mark.parametrize("sub", ["new", "cur"])
 def test_a_symlink_in_the_spool_is_never_followed(
-    town: pathlib.Path, tmp_path: pathlib.Path, logs: pytest.LogCaptureFixture
+    sub: str, town: pathlib.Path, tmp_path: pathlib.Path, logs: pytest.LogCaptureFixture
 ) -> None:
-    """A link to a file outside the town is dropped unread; the target stays as it was."""
-    target = tmp_path / "outside.json"
-    target.write_text(req(id="x").decode())
-    before = target.stat()
-    new = lifecycle.spool_dir(town) / "new"
-    new.mkdir(parents=True)
+    """A link in new/ or cur/ to a file outside the town is dropped unread; the target stays."""
     rid = lifecycle.new_id()
-    (new / f"{rid}.json").symlink_to(target)
+    target = tmp_path / "outside.json"
+    target.write_text(req(id=rid).decode())
+    before = target.stat()
+    spool = lifecycle.spool_dir(town)
+    spool.mkdir(parents=True)
+    for name in lifecycle.SUBDIRS:
+        (spool / name).mkdir(mode=0o700)
+    (spool / sub / f"{rid}.json").symlink_to(target)
     run(Lifecycle(), make_config(town))
     [record] = lifecycle.failed(town)
     assert (rid, "not a regular file (symlink); left unread") == (record["id"], record["reason"])
@@ -653,7 +669,7 @@ def test_a_symlink_in_the_spool_is_never_followed(
     assert (before.st_ino, before.st_mtime_ns, before.st_size) == (
         after.st_ino, after.st_mtime_ns, after.st_size
     )  # fmt: skip
-    assert req(id="x").decode() == target.read_text()
+    assert req(id=rid).decode() == target.read_text()
     assert not any(p.is_symlink() for p in lifecycle.spool_dir(town).rglob("*"))
 
 
@@ -679,3 +695,242 @@ def test_failed_requests_keep_their_fields(town: pathlib.Path) -> None:
     assert {"id", "identity", "action", "created_at", "from", "attempts", "reason",
             "failed_at"} == record.keys()  # fmt: skip
     assert (rid, "max", 1) == (record["id"], record["from"], record["attempts"])
+
+
+def test_a_fifo_in_the_spool_is_never_opened(
+    town: pathlib.Path, logs: pytest.LogCaptureFixture
+) -> None:
+    """FIFOs in new/ and cur/ fail unread (opening one would block); a good request still runs."""
+    spool = lifecycle.spool_dir(town)
+    for name in lifecycle.SUBDIRS:
+        (spool / name).mkdir(mode=0o700, parents=True)
+    fifos = {sub: lifecycle.new_id() for sub in ("new", "cur")}
+    for sub, rid in fifos.items():
+        os.mkfifo(spool / sub / f"{rid}.json", 0o600)
+    set_flag(town, "mayor", "shutdown")
+    good = lifecycle.enqueue(town, "mayor", "shutdown", sender="test")
+    finished = in_thread(lambda: run(Lifecycle(), make_config(town)), spool, fifos.values())
+    assert finished, "the pass blocked on a FIFO"
+    assert [good] == outcomes(logs, "done")
+    reasons = {r["id"]: r["reason"] for r in lifecycle.failed(town)}
+    assert dict.fromkeys(fifos.values(), "not a regular file (FIFO); left unread") == reasons
+    assert ([], []) == (names(town, "new"), names(town, "cur"))
+
+
+def in_thread(
+    work: t.Callable[[], None], spool: pathlib.Path, fifo_ids: t.Iterable[str], timeout: float = 10
+) -> bool:
+    """Run *work* in a thread; whether it ended in time. A reader blocked on a FIFO is freed."""
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not thread.is_alive():
+        return True
+    for path in spool.rglob("*"):  # an open() waiting for a writer returns (at EOF) once one opens
+        if path.stem in fifo_ids or stat.S_ISFIFO(path.lstat().st_mode):
+            with contextlib.suppress(OSError):
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+    thread.join(timeout)
+    return False
+
+
+class StateLink(t.NamedTuple):
+    test_id: str
+    make: t.Callable[[pathlib.Path, pathlib.Path], None]
+    reason: str
+
+
+STATE_LINKS = [
+    StateLink("symlink-outside", lambda state, out: state.symlink_to(out), "cannot open"),
+    StateLink("fifo", lambda state, out: os.mkfifo(state, 0o600), "not a regular file"),
+]
+
+
+@pytest.mark.parametrize("case", STATE_LINKS, ids=[c.test_id for c in STATE_LINKS])
+def test_an_agent_state_file_that_is_no_file_is_refused(
+    case: StateLink, town: pathlib.Path, tmp_path: pathlib.Path, logs: pytest.LogCaptureFixture
+) -> None:
+    """A state file that is a symlink out of the town or a FIFO fails the request, unread."""
+    outside = tmp_path / "outside.json"
+    outside.write_text('{"requesting_shutdown": true}')
+    before = outside.stat()
+    state = parse_identity("mayor").state_file(town)
+    state.parent.mkdir(parents=True)
+    case.make(state, outside)
+    rid = lifecycle.enqueue(town, "mayor", "shutdown", sender="test")
+    spool = lifecycle.spool_dir(town)
+    assert in_thread(lambda: run(Lifecycle(), make_config(town)), spool, []), "blocked"
+    [record] = lifecycle.failed(town)
+    assert rid == record["id"]
+    assert record["reason"].startswith(f"agent state file {state}: {case.reason}")
+    assert [rid] == outcomes(logs, "failed")
+    after = outside.stat()
+    assert (before.st_mtime_ns, before.st_size) == (after.st_mtime_ns, after.st_size)
+    assert '{"requesting_shutdown": true}' == outside.read_text()
+    assert stat.S_IFMT(state.lstat().st_mode) in (stat.S_IFLNK, stat.S_IFIFO)  # left as it was
+
+
+# -- trust -------------------------------------------------------------------------
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="giving a file away needs root")
+NOBODY = 65534
+
+
+def spool_with_request(town: pathlib.Path) -> tuple[str, pathlib.Path]:
+    """A good, flagged shutdown for the mayor, queued in new/."""
+    state = set_flag(town, "mayor", "shutdown")
+    return lifecycle.enqueue(town, "mayor", "shutdown", sender="test"), state
+
+
+class Distrust(t.NamedTuple):
+    test_id: str
+    spoil: t.Callable[[pathlib.Path], None]
+    problem: str
+
+
+def give_away(path: pathlib.Path) -> None:
+    os.chown(path, NOBODY, NOBODY, follow_symlinks=False)
+
+
+DISTRUST = [
+    pytest.param(
+        Distrust("other-owner", give_away, f"owned by uid {NOBODY}, not by the daemon's uid 0"),
+        marks=needs_root,
+    ),
+    Distrust("world-writable", lambda p: p.chmod(0o777), "writable by group or others (mode 0777)"),
+    Distrust("group-writable", lambda p: p.chmod(0o770), "writable by group or others (mode 0770)"),
+]
+DISTRUST_IDS = ["other-owner", "world-writable", "group-writable"]
+
+
+@pytest.mark.parametrize("case", DISTRUST, ids=DISTRUST_IDS)
+@pytest.mark.parametrize("sub", ["", "new", "cur", "tmp", "failed"])
+def test_an_untrusted_spool_is_left_alone(
+    case: Distrust, sub: str, town: pathlib.Path, logs: pytest.LogCaptureFixture
+) -> None:
+    """A spool dir someone else owns or can write is an error naming it, and is left alone.
+
+    Nothing is acted on, moved or repaired, and nothing can be queued; once a person
+    fixes the directory, the next pass carries the request out.
+    """
+    rid, state = spool_with_request(town)
+    directory = lifecycle.spool_dir(town) / sub
+    before = directory.stat()
+    case.spoil(directory)
+    spoiled = directory.stat()
+    run(Lifecycle(), make_config(town))
+    errors = [r.getMessage() for r in logs.records if r.levelno == logging.ERROR]
+    expected = f"{directory} is {case.problem}; the spool is not trusted, requests stay untouched"
+    assert [f"lifecycle spool unusable: {expected}"] == errors
+    assert ([f"{rid}.json"], []) == (names(town, "new"), names(town, "cur"))
+    assert json.loads(state.read_text())["requesting_shutdown"] is True
+    after = directory.stat()
+    assert (spoiled.st_uid, spoiled.st_mode) == (after.st_uid, after.st_mode)
+    with pytest.raises(GtdError, match="the spool is not trusted"):
+        lifecycle.enqueue(town, "mayor", "shutdown", sender="test")
+    os.chown(directory, before.st_uid, before.st_gid)
+    directory.chmod(stat.S_IMODE(before.st_mode))
+    run(Lifecycle(), make_config(town))
+    assert [rid] == outcomes(logs, "done")
+
+
+def hard_link(path: pathlib.Path) -> None:
+    outside = path.parents[4] / "outside.json"  # <tmp>/town/daemon/lifecycle/<sub>/<file>
+    os.link(path, outside)
+
+
+UNTRUSTED_FILES = [
+    *DISTRUST[:1],
+    Distrust("world-writable", lambda p: p.chmod(0o666), "writable by group or others (mode 0666)"),
+    Distrust("group-writable", lambda p: p.chmod(0o620), "writable by group or others (mode 0620)"),
+    Distrust("hard-link", hard_link, "a hard link (2 names)"),
+]
+
+
+@pytest.mark.parametrize("case", UNTRUSTED_FILES, ids=[*DISTRUST_IDS, "hard-link"])
+@pytest.mark.parametrize("sub", ["new", "cur"])
+def test_an_untrusted_request_file_fails_unread(
+    case: Distrust, sub: str, town: pathlib.Path, logs: pytest.LogCaptureFixture
+) -> None:
+    """A request someone else owns or can write (or a hard link) goes to failed/ unread."""
+    rid, _ = spool_with_request(town)
+    spool = lifecycle.spool_dir(town)
+    path = spool / sub / f"{rid}.json"
+    if sub == "cur":
+        os.rename(spool / "new" / f"{rid}.json", path)
+    case.spoil(path)
+    later, _ = spool_with_request(town)  # a good one behind it still runs (same agent, fine)
+    run(Lifecycle(), make_config(town))
+    [record] = lifecycle.failed(town)
+    assert (rid, f"not trusted: {case.problem}; left unread") == (record["id"], record["reason"])
+    assert "raw" not in record
+    assert [rid] == outcomes(logs, "failed")
+    assert [later] == outcomes(logs, "done")
+    assert ([], []) == (names(town, "new"), names(town, "cur"))
+    outside = town.parent / "outside.json"
+    if outside.exists():  # the hard link's other name is untouched
+        assert rid == json.loads(outside.read_text())["id"]
+
+
+# -- a full disk -------------------------------------------------------------------
+
+
+def no_space(path: pathlib.Path) -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+@pytest.mark.parametrize("full", ["agent-state-file", "everything"])
+def test_a_full_disk_keeps_the_request_without_spending_attempts(
+    full: str, town: pathlib.Path, monkeypatch: pytest.MonkeyPatch, logs: pytest.LogCaptureFixture
+) -> None:
+    """ENOSPC is waited out, never counted as an attempt: the request stays queued.
+
+    Past MAX_ATTEMPTS passes it is still in cur/ and the agent's state file keeps its
+    old content; once space returns, the request finishes.
+    """
+    state = set_flag(town, "mayor", "shutdown", mood="ok")
+    old = state.read_bytes()
+    rid = lifecycle.enqueue(town, "mayor", "shutdown", sender="test")
+    real = store.atomic_write
+
+    def full_disk(path: pathlib.Path, data: bytes, *, mode: int = 0o644) -> None:
+        if full == "everything" or path == state:
+            raise no_space(path)
+        real(path, data, mode=mode)
+
+    monkeypatch.setattr(store, "atomic_write", full_disk)
+    lc, config = Lifecycle(), make_config(town)
+    for _ in range(lifecycle.MAX_ATTEMPTS + 2):
+        run(lc, config)
+    assert ([rid], []) == (lifecycle.pending(town), lifecycle.failed(town))
+    assert old == state.read_bytes()
+    rec = json.loads((lifecycle.spool_dir(town) / "cur" / f"{rid}.json").read_text())
+    assert (0, full != "everything") == (rec.get("attempts", 0), rec.get("executed", False))
+    assert (lifecycle.MAX_ATTEMPTS + 2) * [rid] == outcomes(logs, "retry")
+    assert all("No space left on device" in r.getMessage() for r in logs.records if
+               field(r, "GTD_OUTCOME") == "retry")  # fmt: skip
+    monkeypatch.setattr(store, "atomic_write", real)
+    run(lc, config)
+    assert [rid] == outcomes(logs, "done")
+    assert {"mood": "ok"} == json.loads(state.read_text())
+    assert ([], []) == (lifecycle.pending(town), lifecycle.failed(town))
+
+
+def test_enqueue_on_a_full_disk_leaves_nothing(
+    town: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request that cannot be written is not queued and leaves no temp file.
+
+    The error names the spool, so ``gtd request`` can say where the disk is full.
+    """
+    lifecycle.enqueue(town, "mayor", "stop", sender="test")
+    [queued] = lifecycle.pending(town)
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left on device") as exc:
+        lifecycle.enqueue(town, "mayor", "stop", sender="test")
+    assert str(lifecycle.spool_dir(town)) == exc.value.filename
+    assert ([], [queued]) == (names(town, "tmp"), lifecycle.pending(town))

@@ -1,4 +1,4 @@
-"""Lifecycle requests from ``gt mail``: parsing as upstream does, import, delete, failures.
+"""Lifecycle requests from ``gt mail`` (gtd.mail): parsing as upstream does, import, delete.
 
 ``gt`` is ``tests/fakegt/gt``, a script serving an inbox file and logging its calls.
 """
@@ -13,7 +13,7 @@ import typing as t
 
 import pytest
 
-from gtd import agents, lifecycle
+from gtd import agents, lifecycle, mail
 from gtd.identities import parse_identity
 from gtd.lifecycle import Lifecycle
 from gtd.tmux import Tmux
@@ -68,7 +68,7 @@ def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     return caplog
 
 
-def mail(
+def message(
     mail_id: str, sender: str, body: str, subject: str = "LIFECYCLE: please"
 ) -> dict[str, t.Any]:
     return {"id": mail_id, "from": sender, "to": "deacon/", "subject": subject, "body": body,
@@ -89,15 +89,15 @@ def mail(
 )  # fmt: skip
 def test_body_action_accepts_what_upstream_accepts(body: str, expected: str | None) -> None:
     """JSON ``{"action": ...}`` or upstream's plain words, trimmed and case-insensitive."""
-    assert expected == lifecycle.body_action(body)
+    assert expected == mail.body_action(body)
 
 
 def test_mail_record_shapes() -> None:
     """Other subjects and read mail are not requests; odd ids get a clean spool id."""
     now = "2025-01-01T00:00:00+00:00"
-    assert lifecycle.mail_record(mail("a", "mayor/", "cycle", subject="hello"), now) is None
-    assert lifecycle.mail_record(mail("a", "mayor/", "cycle") | {"read": True}, now) is None
-    rec = lifecycle.mail_record(mail("hq-1.2", "gastown/witness", "cycle", "lifecycle: x"), now)
+    assert mail.mail_record(message("a", "mayor/", "cycle", subject="hello"), now) is None
+    assert mail.mail_record(message("a", "mayor/", "cycle") | {"read": True}, now) is None
+    rec = mail.mail_record(message("hq-1.2", "gastown/witness", "cycle", "lifecycle: x"), now)
     assert rec is not None
     assert rec["id"].startswith("mail-hq-1_2-")
     assert lifecycle.file_id(rec["id"] + ".json") == rec["id"]
@@ -107,17 +107,17 @@ def test_mail_record_shapes() -> None:
         rec["mail_id"],
     )
     with pytest.raises(ValueError, match="unusable id"):
-        lifecycle.mail_record(mail("-rf", "mayor/", "cycle"), now)
+        mail.mail_record(message("-rf", "mayor/", "cycle"), now)
 
 
 def test_parse_inbox_refuses_what_is_not_a_list() -> None:
     """Empty output is an empty inbox; objects, garbage and deep nesting are errors."""
-    assert [] == lifecycle.parse_inbox("\n")
+    assert [] == mail.parse_inbox("\n")
     for bad in ('{"id": 1}', "not json", "[" * 5000):
         with pytest.raises(
             ValueError, match=r"expected a JSON list|Expecting value|nested too deeply"
         ):
-            lifecycle.parse_inbox(bad)
+            mail.parse_inbox(bad)
 
 
 # -- with gt -----------------------------------------------------------------------
@@ -136,7 +136,7 @@ def test_json_body_cycles_the_agent_and_deletes_the_mail(
     ident.workdir(town).mkdir(parents=True)
     before = agents.start_agent(Tmux(tmux_server.socket), ident, config).pane_pid
     set_flag(town, "gastown-witness", "cycle", mood="ok")
-    gt.post(mail("hq-1", "gastown/witness", '{"action": "cycle"}'))
+    gt.post(message("hq-1", "gastown/witness", '{"action": "cycle"}'))
     run(Lifecycle(), config)
     pane = agents.agent_pane(Tmux(tmux_server.socket).list_panes(), ident)
     assert pane is not None
@@ -159,8 +159,8 @@ def test_plain_word_body_is_done_and_other_mail_is_left_alone(
     gt: FakeGt, town: pathlib.Path, logs: pytest.LogCaptureFixture
 ) -> None:
     """``stop`` from ``mayor/`` shuts the mayor down; other mail is not deleted."""
-    other = mail("hq-2", "mayor/", "restart", subject="Re: lunch")
-    gt.post(mail("hq-1", "mayor/", " Stop\n", subject="lifecycle: bye"), other)
+    other = message("hq-2", "mayor/", "restart", subject="Re: lunch")
+    gt.post(message("hq-1", "mayor/", " Stop\n", subject="lifecycle: bye"), other)
     set_flag(town, "mayor", "shutdown")
     run(Lifecycle(), make_config(town, gt=str(FAKE_GT)))
     assert ["mail-hq-1"] == outcomes(logs, "done")
@@ -174,7 +174,7 @@ def test_unparseable_lifecycle_mail_fails_and_is_deleted(
     gt: FakeGt, town: pathlib.Path, logs: pytest.LogCaptureFixture
 ) -> None:
     """A lifecycle mail whose body means nothing lands in failed/ with the body quoted."""
-    gt.post(mail("hq-9", "gastown/witness", "could you maybe restart?"))
+    gt.post(message("hq-9", "gastown/witness", "could you maybe restart?"))
     run(Lifecycle(), make_config(town, gt=str(FAKE_GT)))
     [record] = lifecycle.failed(town)
     assert ("mail-hq-9", "hq-9") == (record["id"], record["mail_id"])
@@ -196,7 +196,7 @@ def test_a_failed_delete_is_retried_without_acting_again(
     ident = parse_identity("gastown-witness")
     ident.workdir(town).mkdir(parents=True)
     set_flag(town, "gastown-witness", "restart")
-    gt.post(mail("hq-1", "gastown/witness", "restart"))
+    gt.post(message("hq-1", "gastown/witness", "restart"))
     monkeypatch.setenv("FAKE_GT_FAIL_DELETE", "1")
     lc = Lifecycle()
     run(lc, config)
@@ -217,7 +217,7 @@ def test_a_delete_that_keeps_failing_is_bounded(
     gt: FakeGt, town: pathlib.Path, monkeypatch: pytest.MonkeyPatch, logs: pytest.LogCaptureFixture
 ) -> None:
     """After MAX_ATTEMPTS the request goes to failed/ (executed); the mail is not imported again."""
-    gt.post(mail("hq-1", "mayor/", "shutdown"))
+    gt.post(message("hq-1", "mayor/", "shutdown"))
     set_flag(town, "mayor", "shutdown")
     monkeypatch.setenv("FAKE_GT_FAIL_DELETE", "1")
     lc, config = Lifecycle(), make_config(town, gt=str(FAKE_GT))
@@ -254,7 +254,7 @@ def test_a_broken_gt_never_blocks_the_spool(
     elif trouble == "error":
         monkeypatch.setenv("FAKE_GT_SLEEP", "x")  # the script crashes with a traceback
     else:
-        monkeypatch.setattr(lifecycle, "MAIL_TIMEOUT", 0.5)
+        monkeypatch.setattr(mail, "MAIL_TIMEOUT", 0.5)
         monkeypatch.setenv("FAKE_GT_SLEEP", "30")
     set_flag(town, "mayor", "shutdown")
     rid = lifecycle.enqueue(town, "mayor", "shutdown", sender="test")
@@ -285,7 +285,7 @@ def test_mail_and_spool_requests_carry_journal_fields(
     gt: FakeGt, town: pathlib.Path, logs: pytest.LogCaptureFixture
 ) -> None:
     """Import and outcome records carry GTD_REQUEST_ID, GTD_IDENTITY and GTD_ACTION."""
-    gt.post(mail("hq-1", "gastown/crew/max", '{"action":"stop"}'))
+    gt.post(message("hq-1", "gastown/crew/max", '{"action":"stop"}'))
     set_flag(town, "gastown-crew-max", "stop")
     run(Lifecycle(), make_config(town, gt=str(FAKE_GT)))
     records = [r for r in logs.records if field(r, "GTD_REQUEST_ID") == "mail-hq-1"]
@@ -296,3 +296,18 @@ def test_mail_and_spool_requests_carry_journal_fields(
         )  # fmt: skip
     assert "hq-1" == field(records[0], "GTD_MAIL_ID")
     assert [] == names(town, "cur")
+
+
+def test_no_mail_is_imported_into_an_untrusted_spool(
+    gt: FakeGt, town: pathlib.Path, logs: pytest.LogCaptureFixture
+) -> None:
+    """A world-writable spool is not used at all: gt is not even asked, the mail stays."""
+    set_flag(town, "mayor", "shutdown")
+    lifecycle.enqueue(town, "mayor", "shutdown", sender="test")
+    lifecycle.spool_dir(town).chmod(0o777)
+    gt.post(message("hq-1", "mayor/", "shutdown"))
+    run(Lifecycle(), make_config(town, gt=str(FAKE_GT)))
+    assert ([], []) == (gt.calls(), names(town, "failed"))
+    assert ["hq-1"] == [m["id"] for m in gt.messages()]
+    assert 1 == len(names(town, "new"))
+    assert "the spool is not trusted" in logs.records[-1].getMessage()
