@@ -12,7 +12,7 @@ import sys
 import time
 import typing as t
 
-from gtd import __version__, agents, config, lifecycle, store, systemd
+from gtd import __version__, actions, agents, config, lifecycle, store, systemd
 from gtd.exc import EX_CONFIG, ConfigError, GtdError, IdentityError, RequestError
 from gtd.identities import DEACON, identity_from_session, parse_identity
 from gtd.logs import setup_logging
@@ -406,7 +406,7 @@ def command_request(args: Namespace) -> int:
         if identity != DEACON and not workdir.is_dir():
             msg = f"workdir of {identity.dash} does not exist: {workdir}; nothing queued"
             raise RequestError(msg)
-        lifecycle.set_request_flag(cfg.town_root, args.identity, args.action)
+        actions.set_request_flag(cfg.town_root, args.identity, args.action)
     rid = lifecycle.enqueue(cfg.town_root, args.identity, args.action, sender=sender)
     print(rid)
     try:

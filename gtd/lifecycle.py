@@ -24,7 +24,7 @@ import stat
 import time
 import typing as t
 
-from gtd import agents, mail, proc, store
+from gtd import actions, mail, store
 from gtd.exc import GtdError, IdentityError, RequestError, StateError, TmuxError
 from gtd.identities import Identity, parse_identity
 
@@ -34,16 +34,8 @@ if t.TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ACTIONS = {"shutdown": "shutdown", "stop": "shutdown", "cycle": "cycle", "restart": "restart"}
-"""Accepted actions, each mapped to the one whose ``requesting_<action>`` flag it needs."""
 MAX_ATTEMPTS = 3
 MAX_REQUEST_BYTES = 64 * 1024
-PRESYNC_TIMEOUT = 60.0
-PRESYNC_STEPS: tuple[tuple[str, ...], ...] = (
-    ("git", "fetch", "origin"),
-    ("git", "pull", "--rebase", "origin", "main"),
-    ("bd", "sync"),
-)
 SUBDIRS = ("tmp", "new", "cur", "failed")
 _QUEUES = SUBDIRS[1:]
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -73,20 +65,6 @@ def file_id(name: str) -> str | None:
     return stem if stem != name and _ID.fullmatch(stem) else None
 
 
-def canonical_action(action: object) -> str:
-    """*action* in lower case. Raises RequestError unless it is one of :data:`ACTIONS`."""
-    if not isinstance(action, str) or action.lower() not in ACTIONS:
-        shown = repr(action[:40]) if isinstance(action, str) else type(action).__name__
-        msg = f"unknown action {shown} (expected one of: {', '.join(ACTIONS)})"
-        raise RequestError(msg)
-    return action.lower()
-
-
-def flag_key(action: str) -> str:
-    """The state-file flag an action needs: ``stop`` is an alias of ``shutdown``."""
-    return f"requesting_{ACTIONS[canonical_action(action)]}"
-
-
 def check_record(rec: t.Mapping[str, t.Any], rid: str) -> tuple[Identity, str]:
     """Validate a spool record read from ``<rid>.json``; return its identity and action.
 
@@ -109,25 +87,20 @@ def check_record(rec: t.Mapping[str, t.Any], rid: str) -> tuple[Identity, str]:
     if "mail_id" in rec and not (isinstance(mail_id, str) and mail.MAIL_ID.fullmatch(mail_id)):
         msg = f"unusable mail_id {str(rec['mail_id'])[:40]!r}"
         raise RequestError(msg)
-    action = canonical_action(rec["action"])
+    action = actions.canonical_action(rec["action"])
     try:
         return parse_identity(rec["identity"]), action
     except IdentityError as err:
         raise RequestError(str(err)) from None
 
 
-def _shown(value: object) -> str:
-    """Untrusted text, made safe and short for a log line or field."""
-    text = value if isinstance(value, str) else repr(value)
-    return text[:100] if text.isascii() and text.isprintable() else repr(text)[:100]
-
-
 def _what(rid: str, rec: t.Mapping[str, t.Any]) -> str:
-    return f"lifecycle request {rid} ({_shown(rec.get('action'))} {_shown(rec.get('identity'))})"
+    action, identity = actions.shown(rec.get("action")), actions.shown(rec.get("identity"))
+    return f"lifecycle request {rid} ({action} {identity})"
 
 
 def _fields(rid: str, rec: t.Mapping[str, t.Any], outcome: str) -> dict[str, str]:
-    identity, action = _shown(rec.get("identity", "")), _shown(rec.get("action", ""))
+    identity, action = actions.shown(rec.get("identity", "")), actions.shown(rec.get("action", ""))
     with contextlib.suppress(IdentityError):
         identity = parse_identity(rec.get("identity")).dash  # type: ignore[arg-type]
     fields = {"GTD_REQUEST_ID": rid, "GTD_IDENTITY": identity, "GTD_ACTION": action}
@@ -222,7 +195,7 @@ def enqueue(town: pathlib.Path, identity: str, action: str, *, sender: str) -> s
     OSError, GtdError
         The spool cannot be created or written.
     """
-    ident, act = parse_identity(identity), canonical_action(action)
+    ident, act = parse_identity(identity), actions.canonical_action(action)
     rid = new_id()
     rec = {"id": rid, "identity": ident.dash, "action": act, "created_at": store.now_iso()}
     _write_new(_ensure_spool(town), rec | {"from": sender})
@@ -252,117 +225,6 @@ def failed(town: pathlib.Path) -> list[Record]:
             if rid := file_id(name):
                 records.append(store.read_json_object(directory / name) | {"id": rid})
     return records
-
-
-# -- agent state flags and actions --------------------------------------------
-
-
-def check_flag(town: pathlib.Path, identity: Identity, action: str) -> None:
-    """Upstream's guard. Raises RequestError unless the state file has the flag true."""
-    path, key = identity.state_file(town), flag_key(action)
-    try:
-        state = store.read_json_object(path)
-    except FileNotFoundError:
-        msg = f"agent state file {path} is missing (the agent must set {key}: true first)"
-        raise RequestError(msg) from None
-    except StateError as err:
-        msg = f"agent state file {err}"
-        raise RequestError(msg) from None
-    if state.get(key) is not True:
-        got = _shown(repr(state.get(key)))
-        msg = f"{key} is not true in {path} (got {got}); the agent did not ask for it"
-        raise RequestError(msg)
-
-
-def clear_flag(town: pathlib.Path, identity: Identity, action: str) -> bool:
-    """Remove ``requesting_<action>`` and ``requesting_time``, keeping every other key.
-
-    Idempotent: without the flag nothing is written. Returns whether it wrote. Raises
-    OSError when the atomic rewrite fails (the old file stays intact).
-    """
-    path, key = identity.state_file(town), flag_key(action)
-    try:
-        state = store.read_json_object(path)
-    except FileNotFoundError:
-        return False
-    except StateError as err:
-        logger.warning("cannot clear %s: %s", key, err, extra={"GTD_IDENTITY": identity.dash})
-        return False
-    if key not in state:
-        return False
-    del state[key]
-    state.pop("requesting_time", None)
-    store.write_json(path, state)
-    return True
-
-
-def set_request_flag(town: pathlib.Path, identity: str, action: str) -> pathlib.Path:
-    """Set ``requesting_<action>: true`` and ``requesting_time``; return the file's path.
-
-    For ``gtd request --force``. Other keys are kept; a missing file (and directory)
-    is created. Raises IdentityError/RequestError for bad input, StateError when the
-    file exists but is not a JSON object (it is left alone).
-    """
-    ident, act = parse_identity(identity), canonical_action(action)
-    path = ident.state_file(town)
-    try:
-        state = store.read_json_object(path)
-    except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        state = {}
-    store.write_json(path, state | {flag_key(act): True, "requesting_time": store.now_iso()})
-    return path
-
-
-def daemon_env() -> dict[str, str]:
-    """The environment of commands gtd runs for itself: no identity, ``BD_ACTOR=daemon``."""
-    env = {k: v for k, v in os.environ.items() if k not in agents.AGENT_UNSET}
-    return env | {"BD_ACTOR": "daemon", "GIT_TERMINAL_PROMPT": "0"}
-
-
-def presync(identity: Identity, workdir: pathlib.Path, tick: t.Callable[[], None]) -> None:
-    """Run :data:`PRESYNC_STEPS` in *workdir*, each bounded; a failing step is only logged."""
-    for argv in PRESYNC_STEPS:
-        tick()
-        extra = {"GTD_IDENTITY": identity.dash, "GTD_STEP": " ".join(argv)}
-        try:
-            res = proc.run(argv, timeout=PRESYNC_TIMEOUT, cwd=workdir, env=daemon_env())
-        except (OSError, proc.Timeout) as err:
-            logger.warning("pre-sync %s: %s", " ".join(argv), err, extra=extra)
-            continue
-        if res.returncode != 0:
-            tail = (res.stderr.strip() or res.stdout.strip())[-300:]
-            logger.warning("pre-sync %s: exit %d: %s", argv[0], res.returncode, tail, extra=extra)
-    tick()
-
-
-def act(
-    config: Config, tmux: Tmux, identity: Identity, action: str, tick: t.Callable[[], None]
-) -> None:
-    """Stop the agent, or (pre-sync and) start it again in its pane.
-
-    Stopping an agent that is not running succeeds: there is nothing left to stop.
-
-    Raises
-    ------
-    RequestError
-        The workdir of a restart is missing.
-    TmuxError
-        tmux failed or timed out (worth retrying).
-    """
-    if ACTIONS[action] == "shutdown":
-        agents.stop_agent(tmux, identity)
-        return
-    workdir = identity.workdir(config.town_root)
-    if not workdir.is_dir():
-        msg = f"workdir of {identity.dash} does not exist: {workdir}"
-        raise RequestError(msg)
-    if identity.presync:
-        presync(identity, workdir, tick)
-    try:
-        agents.start_agent(tmux, identity, config)
-    except agents.WorkdirMissing as err:
-        raise RequestError(str(err)) from None
 
 
 # -- processing ------------------------------------------------------------------
@@ -421,7 +283,7 @@ class _Pass:
     def fetch_mail(self) -> None:
         """Import new lifecycle mail into ``new/``; a failing ``gt`` is logged and skipped."""
         argv, now = self.config.lifecycle.argv, store.now_iso()
-        records = self.mail.requests(argv, self.town, daemon_env(), now)
+        records = self.mail.requests(argv, self.town, actions.daemon_env(), now)
         self.tick()
         for rec in records:
             if any(os.path.lexists(self.root / s / f"{rec['id']}.json") for s in _QUEUES):
@@ -494,11 +356,11 @@ class _Pass:
                 try:
                     identity, action = check_record(rec, rid)
                     if rec.get("executed") is not True:
-                        check_flag(self.town, identity, action)
-                        act(self.config, self.tmux, identity, action, self.tick)
+                        actions.check_flag(self.town, identity, action)
+                        actions.act(self.config, self.tmux, identity, action, self.tick)
                         rec["executed"] = True
                         store.atomic_write(path, _dumps(rec), mode=0o600)
-                    clear_flag(self.town, identity, action)
+                    actions.clear_flag(self.town, identity, action)
                 except RequestError as err:
                     rec["failure"] = str(err)
             self.mail.delete(rec)
@@ -553,7 +415,7 @@ class _Pass:
 
     def reject(self, path: pathlib.Path, rid: str, reason: str, *, raw: bool = False) -> None:
         """Move an entry that is no usable request to ``failed/``; symlinks stay unread."""
-        fields: Record = {"name": _shown(path.name)}
+        fields: Record = {"name": actions.shown(path.name)}
         with contextlib.suppress(OSError):
             if raw:  # a regular file: checked by the caller, O_NOFOLLOW in case it changed
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)

@@ -221,12 +221,12 @@ def test_usr1_wakes_the_loop_at_once(gtd: Gtd) -> None:
 
 def test_usr1_carries_out_a_queued_request(gtd: Gtd) -> None:
     """`gtd run` wires lifecycle processing: a spooled cycle runs on USR1, not at the heartbeat."""
-    from gtd import lifecycle
+    from gtd import actions, lifecycle
 
     gtd.start()
     assert retry_until(lambda: gtd.notify.has("READY=1"), 10), gtd.log()
     old = gtd.deacon_pid()
-    lifecycle.set_request_flag(gtd.town, "deacon", "cycle")
+    actions.set_request_flag(gtd.town, "deacon", "cycle")
     lifecycle.enqueue(gtd.town, "deacon", "cycle", sender="test")
     gtd.signal(signal.SIGUSR1)
     assert retry_until(lambda: gtd.deacon_pid() not in (None, old), 5), gtd.log()

@@ -21,7 +21,7 @@ import typing as t
 
 import pytest
 
-from gtd import agents, lifecycle, store
+from gtd import actions, agents, lifecycle, store
 from gtd.config import AgentConfig, Config, LifecycleConfig, TmuxConfig
 from gtd.exc import GtdError, IdentityError, RequestError
 from gtd.identities import Identity, parse_identity
@@ -54,7 +54,7 @@ def set_flag(town: pathlib.Path, identity: str, action: str, **other: t.Any) -> 
     """An agent asking, as upstream agents do: its state file with the flag and a time."""
     path = parse_identity(identity).state_file(town)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {lifecycle.flag_key(action): True, "requesting_time": "2025-01-01T00:00:00Z"}
+    state = {actions.flag_key(action): True, "requesting_time": "2025-01-01T00:00:00Z"}
     path.write_text(json.dumps(state | other))
     return path
 
@@ -112,7 +112,7 @@ def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 )  # fmt: skip
 def test_flag_key_maps_stop_to_shutdown(action: str, flag: str) -> None:
     """``stop`` is an alias of ``shutdown``; actions are case-insensitive."""
-    assert flag == lifecycle.flag_key(action)
+    assert flag == actions.flag_key(action)
 
 
 class RecordCase(t.NamedTuple):
@@ -190,12 +190,12 @@ def test_enqueue_refuses_bad_input(
 
 def test_set_request_flag_keeps_other_keys(town: pathlib.Path) -> None:
     """``--force`` sets the flag and a time, creating the file or keeping what is there."""
-    path = lifecycle.set_request_flag(town, "gastown-crew-max", "stop")
+    path = actions.set_request_flag(town, "gastown-crew-max", "stop")
     first = json.loads(path.read_text())
     assert first["requesting_shutdown"] is True
     assert "requesting_time" in first
     path.write_text(json.dumps({"mood": "ok", "requesting_cycle": False}))
-    lifecycle.set_request_flag(town, "gastown/crew/max", "cycle")
+    actions.set_request_flag(town, "gastown/crew/max", "cycle")
     state = json.loads(path.read_text())
     assert {"mood": "ok", "requesting_cycle": True} == {
         k: state[k] for k in ("mood", "requesting_cycle")
@@ -268,7 +268,7 @@ def test_restart_gives_every_identity_its_environment(
     env = proc_environ(pid)
     assert expected == {k: env[k] for k in (*agents.IDENTITY_VARS, "GT_REFINERY") if k in env}
     assert pathlib.Path(f"/proc/{pid}/cwd").resolve() == ident.workdir(town).resolve()
-    assert lifecycle.flag_key(action) not in json.loads(ident.state_file(town).read_text())
+    assert actions.flag_key(action) not in json.loads(ident.state_file(town).read_text())
     assert ([], []) == (lifecycle.pending(town), lifecycle.failed(town))
 
 
@@ -361,7 +361,7 @@ def test_a_hung_presync_step_is_killed_and_the_restart_goes_on(
     logs: pytest.LogCaptureFixture,
 ) -> None:
     """A fetch from a remote that never answers is killed at PRESYNC_TIMEOUT; the agent starts."""
-    monkeypatch.setattr(lifecycle, "PRESYNC_TIMEOUT", 1.0)
+    monkeypatch.setattr(actions, "PRESYNC_TIMEOUT", 1.0)
     ident = parse_identity("gastown-crew-max")
     workdir = ident.workdir(town)
     workdir.mkdir(parents=True)
@@ -456,19 +456,19 @@ def test_a_crash_at_any_step_is_finished_by_the_next_pass(
     ident.workdir(town).mkdir(parents=True)
     set_flag(town, "gastown-witness", "restart", mood="ok")
     rid = lifecycle.enqueue(town, "gastown-witness", "restart", sender="test")
-    real = getattr(lifecycle, crash.patch)
+    real = getattr(actions, crash.patch)
 
     def crashing(*args: t.Any) -> t.Any:
         if crash.after:
             real(*args)
         raise exc
 
-    monkeypatch.setattr(lifecycle, crash.patch, crashing)
+    monkeypatch.setattr(actions, crash.patch, crashing)
     with pytest.raises(exc):
         run(Lifecycle(), config)
     assert [f"{rid}.json"] == names(town, "cur")
     assert retry_until(lambda: starts(fake_agent) == crash.starts[0], 5)
-    monkeypatch.setattr(lifecycle, crash.patch, real)
+    monkeypatch.setattr(actions, crash.patch, real)
     run(Lifecycle(), config)
     assert ([], []) == (lifecycle.pending(town), lifecycle.failed(town))
     assert [rid] == outcomes(logs, "done")
