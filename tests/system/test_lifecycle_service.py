@@ -13,12 +13,12 @@ from tests.system.towns import DAEMON, Town
 
 ENQUEUE = """
 import pathlib, sys, json
-from gtd import lifecycle
+from gtd import actions, lifecycle
 town, count, action = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 ids = []
 for i in range(count):
     ident = f"r-crew-n{i}"
-    lifecycle.set_request_flag(town, ident, action)
+    actions.set_request_flag(town, ident, action)
     ids.append(lifecycle.enqueue(town, ident, action, sender="bench"))
 print(json.dumps(ids))
 """
