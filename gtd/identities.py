@@ -75,23 +75,23 @@ class Identity:
         elif self.name is not None:
             raise IdentityError(shown, f"{self.kind.value} has no crew name")
 
+    def _parts(self) -> tuple[str, ...]:
+        """The words of both forms: ``(kind,)``, ``(rig, kind)``, ``(rig, "crew", name)``."""
+        if self.kind in _TOWN_KINDS:
+            return (self.kind.value,)
+        if self.kind is Kind.CREW:
+            return (str(self.rig), "crew", str(self.name))
+        return (str(self.rig), self.kind.value)
+
     @property
     def dash(self) -> str:
         """The canonical form: ``mayor``, ``<rig>-witness``, ``<rig>-crew-<name>``."""
-        if self.kind in _TOWN_KINDS:
-            return self.kind.value
-        if self.kind is Kind.CREW:
-            return f"{self.rig}-crew-{self.name}"
-        return f"{self.rig}-{self.kind.value}"
+        return "-".join(self._parts())
 
     @property
     def slash(self) -> str:
         """The ``BD_ACTOR`` form: ``mayor``, ``<rig>/witness``, ``<rig>/crew/<name>``."""
-        if self.kind in _TOWN_KINDS:
-            return self.kind.value
-        if self.kind is Kind.CREW:
-            return f"{self.rig}/crew/{self.name}"
-        return f"{self.rig}/{self.kind.value}"
+        return "/".join(self._parts())
 
     @property
     def session(self) -> str:

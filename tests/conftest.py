@@ -176,3 +176,18 @@ def proc_environ(pid: int) -> dict[str, str]:
 def proc_comm(pid: int) -> str:
     """A process's comm name."""
     return pathlib.Path(f"/proc/{pid}/comm").read_text().strip()
+
+
+@pytest.fixture
+def town(tmp_path: pathlib.Path) -> pathlib.Path:
+    """An empty town root (tests/system/conftest.py has its own ``town``: the service's)."""
+    path = tmp_path / "town"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """Every gtd log record, DEBUG and up."""
+    caplog.set_level(logging.DEBUG, logger="gtd")
+    return caplog

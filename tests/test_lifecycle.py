@@ -89,19 +89,6 @@ def agent_pid(config: Config, identity: Identity) -> int:
     return pane.pane_pid
 
 
-@pytest.fixture
-def town(tmp_path: pathlib.Path) -> pathlib.Path:
-    path = tmp_path / "town"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.DEBUG, logger="gtd")
-    return caplog
-
-
 # -- pure ------------------------------------------------------------------------
 
 

@@ -55,19 +55,6 @@ def gt(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> FakeGt:
     return fake
 
 
-@pytest.fixture
-def town(tmp_path: pathlib.Path) -> pathlib.Path:
-    path = tmp_path / "town"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.DEBUG, logger="gtd")
-    return caplog
-
-
 def message(
     mail_id: str, sender: str, body: str, subject: str = "LIFECYCLE: please"
 ) -> dict[str, t.Any]:
