@@ -20,6 +20,7 @@ import os
 import pathlib
 import re
 import secrets
+import shutil
 import stat
 import time
 import typing as t
@@ -37,6 +38,9 @@ logger = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
 MAX_REQUEST_BYTES = 64 * 1024
 SUBDIRS = ("tmp", "new", "cur", "failed")
+KEEP_FAILED = 1000
+"""failed/ keeps this many newest entries (each holds its reason); older ones go."""
+STALE_TMP = 3600.0
 _QUEUES = SUBDIRS[1:]
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 """Errors that say "the disk is full", not "the request is bad": retried without limit."""
@@ -279,6 +283,35 @@ class _Pass:
         for name in _names(self.root / "new"):
             self.tick()
             self.claim(name)
+        self.prune()
+
+    def prune(self) -> None:
+        """Bound the spool: keep the newest :data:`KEEP_FAILED` failures, drop stale temp files.
+
+        A temp file older than :data:`STALE_TMP` seconds is from a writer killed mid-write
+        (it was never a request). Nothing is followed: links are removed, not resolved.
+        """
+        now = time.time()
+        for directory, keep in (("tmp", None), ("failed", KEEP_FAILED)):
+            entries = []
+            for name in os.listdir(self.root / directory):
+                with contextlib.suppress(OSError):
+                    entries.append((os.lstat(self.root / directory / name).st_mtime, name))
+            entries.sort()
+            doomed = (
+                [n for m, n in entries if now - m > STALE_TMP]
+                if keep is None
+                else [n for _, n in entries[: max(0, len(entries) - keep)]]
+            )
+            for name in doomed:
+                path = self.root / directory / name
+                with contextlib.suppress(OSError):
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink()
+            if doomed:
+                logger.info("spool %s/: removed %d old entries", directory, len(doomed))
 
     def fetch_mail(self) -> None:
         """Import new lifecycle mail into ``new/``; a failing ``gt`` is logged and skipped."""

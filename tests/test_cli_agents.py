@@ -8,6 +8,7 @@ import pathlib
 import pytest
 
 from gtd import cli
+from gtd.identities import parse_identity
 from tests.conftest import FakeAgent, TmuxServer, proc_environ
 from tests.sandbox import retry_until
 
@@ -112,3 +113,41 @@ def test_request_queues_prints_id_and_sets_flag_with_force(
     )
     flags = json.loads((town / "gastown" / "witness" / "state.json").read_text())
     assert flags["requesting_cycle"] is True
+
+
+@pytest.mark.parametrize(
+    ("identity", "role", "actor", "rig", "refinery"),
+    [
+        ("mayor", "mayor", "mayor", None, None),
+        ("deacon", "deacon", "deacon", None, None),
+        ("gastown/witness", "gastown-witness", "gastown/witness", "gastown", None),
+        ("gastown-refinery", "gastown-refinery", "gastown/refinery", "gastown", "1"),
+        ("gastown/crew/max", "gastown-crew-max", "gastown/crew/max", "gastown", None),
+    ],
+    ids=["mayor", "deacon", "witness", "refinery", "crew"],
+)
+def test_agent_start_and_stop_every_kind(
+    conf: pathlib.Path,
+    identity: str,
+    role: str,
+    actor: str,
+    rig: str | None,
+    refinery: str | None,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`gtd agent start` gives each kind SPEC's variables in its own environ; stop ends it."""
+    monkeypatch.setenv("GT_ROLE", "leak")
+    monkeypatch.setenv("GT_REFINERY", "1")
+    parse_identity(identity).workdir(conf.parent / "town").mkdir(parents=True, exist_ok=True)
+    assert 0 == gtd(conf, "agent", "start", identity)
+    pid = int(capsys.readouterr().out.split()[-1])
+    env = proc_environ(pid)
+    assert (role, actor, rig, refinery) == (
+        env.get("GT_ROLE"),
+        env.get("BD_ACTOR"),
+        env.get("GT_RIG"),
+        env.get("GT_REFINERY"),
+    )
+    assert 0 == gtd(conf, "agent", "stop", identity)
+    assert f"{role}: stopped\n" == capsys.readouterr().out

@@ -921,3 +921,27 @@ def test_enqueue_on_a_full_disk_leaves_nothing(
         lifecycle.enqueue(town, "mayor", "stop", sender="test")
     assert str(lifecycle.spool_dir(town)) == exc.value.filename
     assert ([], [queued]) == (names(town, "tmp"), lifecycle.pending(town))
+
+
+def test_the_spool_does_not_grow_without_bound(
+    town: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """failed/ keeps only the newest KEEP_FAILED entries; stale temp files go, fresh ones stay."""
+    monkeypatch.setattr(lifecycle, "KEEP_FAILED", 3)
+    config = make_config(town)
+    run(Lifecycle(), config)  # creates the spool
+    spool = lifecycle.spool_dir(town)
+    now = time.time()
+    for i in range(6):
+        path = spool / "failed" / f"{i:020d}-0000000{i}.json"
+        path.write_text('{"reason": "x"}')
+        os.utime(path, (now - 100 + i, now - 100 + i))
+    (spool / "failed" / "old.entry").mkdir()
+    os.utime(spool / "failed" / "old.entry", (now - 1000, now - 1000))
+    stale, fresh = spool / "tmp" / ".stale.tmp", spool / "tmp" / ".fresh.tmp"
+    stale.write_text("{")
+    fresh.write_text("{")
+    os.utime(stale, (now - 2 * lifecycle.STALE_TMP, now - 2 * lifecycle.STALE_TMP))
+    run(Lifecycle(), config)
+    assert [f"{i:020d}-0000000{i}.json" for i in (3, 4, 5)] == names(town, "failed")
+    assert [".fresh.tmp"] == names(town, "tmp")
