@@ -71,6 +71,7 @@ def main() -> int:
         # Die of the signal as before, but through `finally`, so the tty is restored.
         for sig in (signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, lambda n, _f: sys.exit(128 + n))
+    record("READY")  # past the start-up checks, traps in place
     try:
         if args.raw:
             return raw_loop(record, swallow=args.swallow_enters, echo=not args.no_echo)

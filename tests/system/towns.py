@@ -107,8 +107,17 @@ class Town:
             return []
 
     def start(self) -> None:
+        """Start the service and wait until the deacon agent is up with its traps set."""
         self.um.systemctl("start", DAEMON)
-        assert retry_until(lambda: self.deacon_pid() is not None, 10), self.messages()
+        assert retry_until(lambda: self.agent_ready(), 10), self.messages()
+
+    def agent_ready(self) -> bool:
+        """Whether the current deacon process has logged READY (past its start-up checks)."""
+        pid = self.deacon_pid()
+        try:
+            return pid is not None and f"{pid} READY" in self.log.read_text().splitlines()
+        except FileNotFoundError:
+            return False
 
 
 @pytest.fixture
