@@ -124,9 +124,8 @@ def small_town(town: Town, outside: pathlib.Path) -> Iterator[SmallTown]:
     opts = f"size={TMPFS_SIZE},mode=0755,uid={um.uid},gid={um.gid}"
     nsenter(ns_pid, "mount", "-t", "tmpfs", "-o", opts, "gtd-small-town", str(town.root))
     try:
-        node, agent, log = um.home / "fake" / "node", um.home / "fake" / "agent.py", outside / "log"
-        command = json.dumps(f"{node} {agent} --log {log} {town.agent_args}")
-        town.write_config(town.config_text(heartbeat_interval='"2s"', command=command))
+        town.agent_log = outside / "log"
+        town.write_config(town.config_text(heartbeat_interval='"2s"'))
         small = SmallTown(town, ns_pid)
         assert "tmpfs" in small.run("stat", "-f", "-c", "%T", str(town.root)).stdout
         yield small

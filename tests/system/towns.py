@@ -31,6 +31,7 @@ class Town:
     name: str
     cursor: str | None = None
     agent_args: str = "--trap"
+    agent_log: pathlib.Path | None = None
 
     @property
     def root(self) -> pathlib.Path:
@@ -42,7 +43,8 @@ class Town:
 
     @property
     def log(self) -> pathlib.Path:
-        return self.root / "agent.log"
+        """Where the fake agent records; in the town unless a test moved it."""
+        return self.agent_log or self.root / "agent.log"
 
     @property
     def gtd(self) -> pathlib.Path:
