@@ -191,22 +191,8 @@ def _check_characters(text: str) -> None:
 _SHAPES = "mayor, deacon, <rig>-witness, <rig>-refinery, <rig>-crew-<name> or a slash form"
 
 
-def _from_slash(text: str) -> Identity:
-    parts = text.split("/")
-    if any(not part for part in parts):
-        raise IdentityError(text, f"empty part; expected {_SHAPES}")
-    if len(parts) == 2 and parts[1] in ("witness", "refinery"):
-        _check_name(text, parts[0], "rig")
-        return Identity(Kind(parts[1]), parts[0])
-    if len(parts) == 3 and parts[1] == "crew":
-        _check_name(text, parts[0], "rig")
-        _check_name(text, parts[2], "crew")
-        return Identity(Kind.CREW, parts[0], parts[2])
-    raise IdentityError(text, f"unknown shape; expected {_SHAPES}")
-
-
-def _from_dash(text: str) -> Identity:
-    parts = text.split("-")
+def _from_parts(text: str, parts: list[str]) -> Identity:
+    """``[rig, witness|refinery]`` or ``[rig, "crew", name]``, whichever separator split them."""
     if len(parts) == 2 and parts[1] in ("witness", "refinery"):
         _check_name(text, parts[0], "rig")
         return Identity(Kind(parts[1]), parts[0])
@@ -246,9 +232,7 @@ def parse_identity(text: str) -> Identity:
         return MAYOR
     if text in ("deacon", "deacon/"):
         return DEACON
-    if "/" in text:
-        return _from_slash(text)
-    return _from_dash(text)
+    return _from_parts(text, text.split("/" if "/" in text else "-"))
 
 
 def identity_from_session(session: str) -> Identity | None:

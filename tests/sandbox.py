@@ -29,6 +29,8 @@ import subprocess
 import time
 import typing as t
 
+from gtd import proc as gtd_proc
+
 if t.TYPE_CHECKING:
     import types
     from collections.abc import Callable, Mapping
@@ -502,29 +504,15 @@ class UserManager:
             *(f"{k}={v}" for k, v in user_env.items()),
             *args,
         ]
-        proc = subprocess.Popen(
-            full,
-            cwd=self.home,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,
-        )
         try:
-            stdout, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            # Not communicate(): a tmux server may hold copies of the pipes forever.
-            for pipe in (proc.stdout, proc.stderr):
-                if pipe is not None:
-                    pipe.close()
-            proc.wait()
+            # gtd's own bounded runner: kills the process group on timeout and does
+            # not wait for pipes that a tmux server started inside may hold forever.
+            res = gtd_proc.run(full, timeout=timeout, cwd=self.home)
+        except gtd_proc.Timeout:
             raise CommandFailed(args, None, "", "", timeout=timeout) from None
-        if check and proc.returncode != 0:
-            raise CommandFailed(args, proc.returncode, stdout, stderr)
-        return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr)
+        if check and res.returncode != 0:
+            raise CommandFailed(args, res.returncode, res.stdout, res.stderr)
+        return subprocess.CompletedProcess(args, res.returncode, res.stdout, res.stderr)
 
     def systemctl(
         self, *args: str, check: bool = True, timeout: float = 30.0
