@@ -6,6 +6,7 @@ import os
 import pathlib
 import signal
 
+import libtmux
 import pytest
 
 from gtd import agents
@@ -79,17 +80,23 @@ def test_missing_workdir_is_an_error_not_a_session(
 def test_restart_keeps_a_persons_pane(
     tmux_server: TmuxServer, fake_agent: FakeAgent, tmp_path: pathlib.Path
 ) -> None:
-    """Restarting the agent respawns its own pane; a pane a person split off stays."""
+    """Restarting the agent respawns its own pane; a pane a person split off stays.
+
+    The person is played by libtmux, an independent client, which also sees the
+    session gtd made the way any tmux user would.
+    """
     config = make_config(tmp_path / "town", fake_agent, tmux_server)
     tmux = Tmux(tmux_server.socket)
     first = agents.start_agent(tmux, DEACON, config, create_workdir=True)
-    tmux_server.cmd("split-window", "-d", "-t", first.pane_id, "sleep 600")
-    person = next(p for p in tmux.list_panes() if p.pane_id != first.pane_id)
+    session = libtmux.Server(socket_name=tmux_server.socket).sessions.get(session_name="gt-deacon")
+    assert session is not None
+    person = session.active_window.split(shell="sleep 600")  # noqa: S604 - tmux runs it, a fixed string
     second = agents.start_agent(tmux, DEACON, config)
     panes = {p.pane_id: p for p in tmux.list_panes()}
     assert second.pane_id == first.pane_id
     assert second.pane_pid != first.pane_pid
-    assert panes[person.pane_id].pane_pid == person.pane_pid
+    assert str(person.pane_pid) == str(panes[str(person.pane_id)].pane_pid)
+    assert {first.pane_id, person.pane_id} == {p.pane_id for p in session.panes}
 
 
 def test_alive_follows_the_foreground_command(
