@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import pathlib
 import time
 import typing as t
 import unicodedata
@@ -107,15 +106,34 @@ def ensure_server(
         "tmux server %s is not running; starting %s", tmux.socket or "(default)", TMUX_UNIT
     )
     start_unit()
+    if not wait_for_server(tmux, wait, stop_requested=stop_requested, clock=clock):
+        msg = f"tmux server not up {wait:g}s after starting {TMUX_UNIT}"
+        raise GtdError(msg)
+
+
+def wait_for_server(
+    tmux: Tmux,
+    wait: float,
+    *,
+    stop_requested: t.Callable[[], bool] = lambda: False,
+    clock: t.Callable[[], float] = time.monotonic,
+) -> bool:
+    """Poll every 20 ms until the server answers (True) or *wait* seconds pass (False).
+
+    Raises
+    ------
+    Stopping
+        *stop_requested* turned true while waiting.
+    """
     deadline = clock() + wait
     while not tmux.server_running():
         if stop_requested():
             msg = "stop requested while waiting for the tmux server"
             raise Stopping(msg)
         if clock() > deadline:
-            msg = f"tmux server not up {wait:g}s after starting {TMUX_UNIT}"
-            raise GtdError(msg)
+            return False
         time.sleep(0.02)
+    return True
 
 
 class WorkdirMissing(FileNotFoundError):
@@ -390,8 +408,3 @@ def _fields(identity: Identity, pane: PaneInfo) -> dict[str, t.Any]:
         "GTD_PANE": pane.pane_id,
         "GTD_AGENT_PID": pane.pane_pid,
     }
-
-
-def workdir_of(identity: Identity, config: Config) -> pathlib.Path:
-    """Where the agent runs (SPEC's identity table)."""
-    return identity.workdir(config.town_root)

@@ -9,7 +9,6 @@ import logging
 import os
 import pathlib
 import sys
-import time
 import typing as t
 
 from gtd import __version__, actions, agents, config, lifecycle, store, systemd
@@ -452,13 +451,10 @@ def command_tmux_server(args: Namespace) -> int:
     cfg, _, _ = load(args)
     tmux = Tmux(cfg.tmux.socket)
     if args.wait:
-        deadline = time.monotonic() + 10
-        while not tmux.server_running():
-            if time.monotonic() > deadline:
-                print(f"gtd: tmux server {cfg.tmux.socket or '(default)'} did not answer")
-                return 1
-            time.sleep(0.02)
-        return 0
+        if agents.wait_for_server(tmux, agents.TMUX_START_WAIT):
+            return 0
+        print(f"gtd: tmux server {cfg.tmux.socket or '(default)'} did not answer")
+        return 1
     if tmux.server_running():
         logger.info(
             "tmux server %s already runs outside this unit; leaving it alone",

@@ -38,11 +38,6 @@ class Notifier:
         self.watchdog_interval = _watchdog_interval(env)
         """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC), or None when off."""
 
-    @property
-    def enabled(self) -> bool:
-        """Whether a service manager is listening."""
-        return bool(self.socket)
-
     def notify(self, *fields: str) -> bool:
         """Send ``KEY=VALUE`` fields in one datagram; ``False`` when not under systemd.
 

@@ -8,7 +8,6 @@ private socket).
 from __future__ import annotations
 
 import logging
-import os
 import pathlib
 import time
 import typing as t
@@ -266,9 +265,3 @@ def gtd_executable() -> str:
         return str(argv0.resolve())
     msg = f"cannot find the gtd executable next to {sys.executable}"
     raise SystemdError(msg)
-
-
-def under_systemd(env: t.Mapping[str, str] | None = None) -> bool:
-    """Whether this process was started by a service manager that wants notifications."""
-    env = os.environ if env is None else env
-    return bool(env.get("NOTIFY_SOCKET"))

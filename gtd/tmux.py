@@ -18,7 +18,7 @@ import shutil
 import typing as t
 
 from gtd.exc import NoServer, TmuxError, TmuxNotFound, TmuxTimeout
-from gtd.proc import Timeout
+from gtd.proc import Result, Timeout
 from gtd.proc import run as run_bounded
 
 logger = logging.getLogger(__name__)
@@ -65,16 +65,6 @@ class CursorLine:
 
     text: str
     x: int
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class TmuxResult:
-    """What one tmux invocation returned."""
-
-    argv: tuple[str, ...]
-    returncode: int
-    stdout: str
-    stderr: str
 
 
 def parse_panes(stdout: str) -> list[PaneInfo]:
@@ -157,7 +147,7 @@ class Tmux:
             argv += ["-L", self.socket]
         return argv
 
-    def run(self, *args: str, timeout: float | None = None) -> TmuxResult:
+    def run(self, *args: str, timeout: float | None = None) -> Result:
         """Run one tmux command; raise on failure.
 
         Raises
@@ -178,13 +168,12 @@ class Tmux:
             proc = run_bounded(argv, timeout=limit, env=env)
         except Timeout:
             raise TmuxTimeout(args[0], limit) from None
-        result = TmuxResult(argv, proc.returncode, proc.stdout, proc.stderr)
         if proc.returncode != 0:
             stderr = proc.stderr.strip() or f"exit status {proc.returncode}"
             if any(m in stderr for m in _NO_SERVER_MARKERS):
                 raise NoServer(stderr, subcommand=args[0])
             raise TmuxError(stderr, subcommand=args[0])
-        return result
+        return proc
 
     # -- probes and listings -------------------------------------------------
 
@@ -326,7 +315,3 @@ class Tmux:
     def cursor_line(self, target: str) -> str:
         """The text of the line the cursor is on, trailing blanks stripped (one tmux call)."""
         return self.cursor(target).text
-
-    def capture(self, target: str) -> str:
-        """The visible contents of a pane."""
-        return self.run("capture-pane", "-p", "-J", "-t", target).stdout
