@@ -1,26 +1,26 @@
 """The daemon's configuration: TOML text to frozen, validated dataclasses.
 
-:func:`load_config` is pure; only :func:`read_config` and :func:`write_config_file` do I/O.
+The schema lives in one place: each key is a dataclass field declared with
+:func:`setting`, which carries its parser, its file form and the comment
+``gtd config init`` writes above it. Loading, ``config show`` and the commented
+default file are all derived from those fields, so a new key is one field.
+:func:`load_config` is pure; only :func:`read_config` reads a file.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
-import os
 import pathlib
 import re
 import shlex
 import stat
-import tempfile
 import tomllib
 import typing as t
 import unicodedata
 
-import tomli_w
-
-from gtd.exc import ConfigError
+from gtd.exc import ConfigError, IdentityError
+from gtd.identities import DEACON, Identity, parse_identity
 
 DEFAULT_MOTD = (
     "Thanks for keeping the town running!",
@@ -43,80 +43,50 @@ DEFAULT_AGENT_COMMAND = "claude --dangerously-skip-permissions"
 DEFAULT_ALIVE_COMMANDS = ("node", "claude")
 DEFAULT_GT_COMMAND = "gt"
 MAX_COMM_LENGTH = 15
-"""The kernel's comm name limit, which is all tmux's ``pane_current_command`` shows."""
+"""The kernel's comm name limit, which is all a process name shows."""
 MAX_CONFIG_SIZE = 1 << 20
 
-_KEYS: dict[str, tuple[str, ...]] = {
-    "": ("town_root", "heartbeat_interval", "agent", "tmux", "motd", "lifecycle"),
-    "agent": ("command", "alive_commands"),
-    "tmux": ("socket",),
-    "motd": ("messages",),
-    "lifecycle": ("gt_command",),
-}
 _DURATION = re.compile(r"(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?|([0-9]+)")
 _SOCKET = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 _TYPE_NAMES = {bool: "boolean", int: "integer", str: "string", list: "array", dict: "table"}
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class AgentConfig:
-    """How agents are started and how their liveness is recognised."""
-
-    command: str = DEFAULT_AGENT_COMMAND
-    alive_commands: tuple[str, ...] = DEFAULT_ALIVE_COMMANDS
-
-    @property
-    def argv(self) -> tuple[str, ...]:
-        """The agent command split into words (validated as splittable on load)."""
-        return tuple(shlex.split(self.command))
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class TmuxConfig:
-    """Which tmux server the agents live on; ``""`` is the user's default server."""
-
-    socket: str = ""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class MotdConfig:
-    """The heartbeat messages; empty means upstream's."""
-
-    messages: tuple[str, ...] = ()
-
-    @property
-    def effective(self) -> tuple[str, ...]:
-        """The messages the heartbeat rotates through."""
-        return self.messages or DEFAULT_MOTD
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class LifecycleConfig:
-    """Where lifecycle requests come from besides the spool."""
-
-    gt_command: str = DEFAULT_GT_COMMAND
-
-    @property
-    def argv(self) -> tuple[str, ...]:
-        """The ``gt`` command split into words; empty when the mail source is off."""
-        return tuple(shlex.split(self.gt_command))
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Config:
-    """The effective configuration; ``source`` is the file it came from, if any."""
-
-    town_root: pathlib.Path
-    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
-    agent: AgentConfig = dataclasses.field(default_factory=AgentConfig)
-    tmux: TmuxConfig = dataclasses.field(default_factory=TmuxConfig)
-    motd: MotdConfig = dataclasses.field(default_factory=MotdConfig)
-    lifecycle: LifecycleConfig = dataclasses.field(default_factory=LifecycleConfig)
-    source: pathlib.Path | None = None
-
-
 _T = t.TypeVar("_T")
 _Path = pathlib.Path | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Source:
+    """Where config text came from, and what ``~`` and ``GT_TOWN_ROOT`` mean there."""
+
+    path: pathlib.Path | None
+    env: t.Mapping[str, str]
+    home: pathlib.Path
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Setting:
+    """How one key is read from TOML and written back, and the comment above it."""
+
+    parse: t.Callable[[object, Source, str], t.Any]
+    dump: t.Callable[[t.Any], object]
+    doc: str
+    shown: object = None
+    """The value ``config init`` writes, when not the default's dump (``"5m"``)."""
+
+
+def setting(
+    default: object,
+    parse: t.Callable[[object, Source, str], t.Any],
+    doc: str,
+    *,
+    dump: t.Callable[[t.Any], object] = lambda v: v,
+    shown: object = None,
+) -> t.Any:
+    """Declare a config key as a dataclass field (its name is the key)."""
+    meta = {"setting": Setting(parse, dump, doc, shown)}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+# -- parsers: (value, source, dotted key) -> value; raise ConfigError --------------
 
 
 def _type_name(value: object) -> str:
@@ -158,15 +128,8 @@ def parse_duration(value: object, *, path: pathlib.Path | None, key: str) -> flo
     return float(seconds)
 
 
-def _check_keys(table: dict[str, t.Any], section: str, path: _Path) -> None:
-    known = _KEYS[section]
-    for key in table:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            where = f"in [{section}]" if section else "at the top level"
-            msg = f"unknown key ({hint}known keys {where}: {', '.join(known)})"
-            raise ConfigError(path, f"{section}.{key}" if section else key, msg)
+def _duration(value: object, src: Source, key: str) -> float:
+    return parse_duration(value, path=src.path, key=key)
 
 
 def _control(text: str) -> str | None:
@@ -177,101 +140,270 @@ def _control(text: str) -> str | None:
     return None
 
 
-def _command(value: object, path: _Path, key: str, *, may_be_off: bool) -> str:
-    text = _expect(value, str, "a string", path, key)
+def _command(value: object, src: Source, key: str, *, may_be_off: bool = False) -> str:
+    text = _expect(value, str, "a string", src.path, key)
     if may_be_off and text == "":
         return text
     if "\0" in text:
-        raise ConfigError(path, key, "contains a NUL character")
+        raise ConfigError(src.path, key, "contains a NUL character")
     try:
         words = shlex.split(text)
     except ValueError as exc:
         msg = f"cannot split {text[:80]!r} into words: {str(exc).lower()}"
-        raise ConfigError(path, key, msg) from None
+        raise ConfigError(src.path, key, msg) from None
     if not words:
-        raise ConfigError(
-            path, key, 'is blank (use "" to turn it off)' if may_be_off else "is blank"
-        )
+        blank = 'is blank (use "" to turn it off)' if may_be_off else "is blank"
+        raise ConfigError(src.path, key, blank)
     return text
 
 
-def _strings(value: object, path: _Path, key: str) -> tuple[str, ...]:
-    items = _expect(value, list, "an array of strings", path, key)
+def _optional_command(value: object, src: Source, key: str) -> str:
+    return _command(value, src, key, may_be_off=True)
+
+
+def _strings(value: object, src: Source, key: str) -> tuple[str, ...]:
+    items = _expect(value, list, "an array of strings", src.path, key)
     return tuple(
-        _expect(item, str, "a string", path, f"{key}[{i}]") for i, item in enumerate(items)
+        _expect(item, str, "a string", src.path, f"{key}[{i}]") for i, item in enumerate(items)
     )
 
 
-def _expand(text: str, home: pathlib.Path) -> pathlib.Path:
+def expand(text: str, home: pathlib.Path) -> pathlib.Path:
+    """``~`` and ``~/x`` under *home*; anything else as written."""
     return home / text[2:] if text == "~" or text.startswith("~/") else pathlib.Path(text)
 
 
-def _town_root(
-    raw: dict[str, t.Any], env: t.Mapping[str, str], home: pathlib.Path, path: _Path
-) -> pathlib.Path:
-    if "town_root" in raw:
-        text, origin = _expect(raw["town_root"], str, "a string", path, "town_root"), ""
-    elif env.get("GT_TOWN_ROOT"):
-        text, origin = env["GT_TOWN_ROOT"], " (from GT_TOWN_ROOT)"
+def _town_root(value: object, src: Source, key: str) -> pathlib.Path:
+    if value is not None:
+        text, origin = _expect(value, str, "a string", src.path, key), ""
+    elif src.env.get("GT_TOWN_ROOT"):
+        text, origin = src.env["GT_TOWN_ROOT"], " (from GT_TOWN_ROOT)"
     else:
         text, origin = "~/gt", ""
     if not text or "\0" in text:
-        raise ConfigError(path, "town_root", f"must be a non-empty path without NUL{origin}")
-    root = _expand(text, home)
+        raise ConfigError(src.path, key, f"must be a non-empty path without NUL{origin}")
+    root = expand(text, src.home)
     if not root.is_absolute():
         msg = f"{text!r}{origin} is not an absolute path (use /... or ~/...)"
-        raise ConfigError(path, "town_root", msg)
+        raise ConfigError(src.path, key, msg)
     return root
 
 
-def _alive(value: object, path: _Path) -> tuple[str, ...]:
-    key = "agent.alive_commands"
-    names = _strings(value, path, key)
+def _alive(value: object, src: Source, key: str) -> tuple[str, ...]:
+    names = _strings(value, src, key)
     if not names:
-        raise ConfigError(path, key, "must name at least one command")
+        raise ConfigError(src.path, key, "must name at least one command")
     for i, name in enumerate(names):
         if not name or "/" in name or any(c.isspace() for c in name) or _control(name):
             msg = f"{name!r} is not a process name (no '/', whitespace or control characters)"
             if "/" in name and (base := name.rsplit("/", 1)[1]):
                 msg += f"; use {base!r}"
-            raise ConfigError(path, f"{key}[{i}]", msg)
+            raise ConfigError(src.path, f"{key}[{i}]", msg)
         if len(name.encode()) > MAX_COMM_LENGTH:
             msg = (
                 f"{name!r} is {len(name.encode())} characters long, but tmux reports at most "
                 f"{MAX_COMM_LENGTH} characters of a command name (the kernel's comm limit), "
                 "so it could never match"
             )
-            raise ConfigError(path, f"{key}[{i}]", msg)
+            raise ConfigError(src.path, f"{key}[{i}]", msg)
     return names
 
 
-def _socket(value: object, path: _Path) -> str:
-    socket = _expect(value, str, "a string", path, "tmux.socket")
+def _socket(value: object, src: Source, key: str) -> str:
+    socket = _expect(value, str, "a string", src.path, key)
     if socket and _SOCKET.fullmatch(socket) is None:
         msg = (
             f"{socket[:80]!r} is not a socket name: use 1-64 letters, digits, '_', '.', '-', "
             "not starting with '.' (or \"\" for the default server)"
         )
-        raise ConfigError(path, "tmux.socket", msg)
+        raise ConfigError(src.path, key, msg)
     return socket
 
 
-def _messages(value: object, path: _Path) -> tuple[str, ...]:
-    messages = _strings(value, path, "motd.messages")
+def _messages(value: object, src: Source, key: str) -> tuple[str, ...]:
+    messages = _strings(value, src, key)
     for i, message in enumerate(messages):
-        key = f"motd.messages[{i}]"
+        where = f"{key}[{i}]"
         if not 1 <= len(message) <= 500:
-            raise ConfigError(path, key, f"must be 1 to 500 characters long, not {len(message)}")
+            msg = f"must be 1 to 500 characters long, not {len(message)}"
+            raise ConfigError(src.path, where, msg)
         if bad := _control(message):
             msg = f"contains control character {bad}; a newline would submit the poke early"
-            raise ConfigError(path, key, msg)
+            raise ConfigError(src.path, where, msg)
     return messages
 
 
-def _section(raw: dict[str, t.Any], name: str, path: _Path) -> dict[str, t.Any]:
-    table = _expect(raw.get(name, {}), dict, "a table", path, name)
-    _check_keys(table, name, path)
-    return table
+def _identities(value: object, src: Source, key: str) -> tuple[Identity, ...]:
+    found: list[Identity] = []
+    for i, text in enumerate(_strings(value, src, key)):
+        try:
+            identity = parse_identity(text)
+        except IdentityError as err:
+            raise ConfigError(src.path, f"{key}[{i}]", str(err)) from None
+        if identity in found:
+            raise ConfigError(src.path, f"{key}[{i}]", f"{identity.dash} is listed twice")
+        found.append(identity)
+    return tuple(found)
+
+
+def _dash_forms(identities: tuple[Identity, ...]) -> list[str]:
+    return [i.dash for i in identities]
+
+
+# -- the schema ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """How agents are started and how their liveness is recognised."""
+
+    command: str = setting(
+        DEFAULT_AGENT_COMMAND, _command, "The command that starts an agent in its tmux pane."
+    )
+    alive_commands: tuple[str, ...] = setting(
+        DEFAULT_ALIVE_COMMANDS,
+        _alive,
+        "Process names that always mean 'the agent is alive' (15 characters at most);\n"
+        "any process in the pane other than a shell counts too.",
+        dump=list,
+    )
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        """The agent command split into words (validated as splittable on load)."""
+        return tuple(shlex.split(self.command))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TmuxConfig:
+    """Which tmux server the agents live on; ``""`` is the user's default server."""
+
+    socket: str = setting(
+        "",
+        _socket,
+        '"" is your default tmux server (`tmux attach -t gt-deacon` works); '
+        "else `tmux -L <socket>`.",
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MotdConfig:
+    """The heartbeat messages; empty means upstream's."""
+
+    messages: tuple[str, ...] = setting(
+        (),
+        _messages,
+        "The heartbeat messages agents are poked with, in rotation; [] = upstream's 12.",
+        dump=list,
+    )
+
+    @property
+    def effective(self) -> tuple[str, ...]:
+        """The messages the heartbeat rotates through."""
+        return self.messages or DEFAULT_MOTD
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LifecycleConfig:
+    """Where lifecycle requests come from besides the spool."""
+
+    gt_command: str = setting(
+        DEFAULT_GT_COMMAND,
+        _optional_command,
+        'The gt command whose mail carries LIFECYCLE: requests; "" turns that source off.',
+    )
+
+    @property
+    def argv(self) -> tuple[str, ...]:
+        """The ``gt`` command split into words; empty when the mail source is off."""
+        return tuple(shlex.split(self.gt_command))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SuperviseConfig:
+    """Which agents the daemon keeps alive, and which of them it pokes."""
+
+    agents: tuple[Identity, ...] = setting(
+        (DEACON,),
+        _identities,
+        "Agents kept alive, each with its own crash-loop guard: mayor, deacon,\n"
+        "<rig>-witness, <rig>-refinery, <rig>-crew-<name> (or slash forms).",
+        dump=_dash_forms,
+    )
+    poke: tuple[Identity, ...] = setting(
+        (DEACON,),
+        _identities,
+        "Which of them get the HEARTBEAT poke (a subset of agents).",
+        dump=_dash_forms,
+    )
+
+    def check(self, src: Source) -> None:
+        """Raise ConfigError when ``poke`` names an agent that is not supervised."""
+        for i, identity in enumerate(self.poke):
+            if identity not in self.agents:
+                msg = f"{identity.dash} is poked but not in supervise.agents"
+                raise ConfigError(src.path, f"supervise.poke[{i}]", msg)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Config:
+    """The effective configuration; ``source`` is the file it came from, if any."""
+
+    town_root: pathlib.Path = setting(
+        dataclasses.MISSING,
+        _town_root,
+        "Where the town lives. Left unset, GT_TOWN_ROOT is used, else ~/gt;\n"
+        "set here, it overrides GT_TOWN_ROOT.",
+        dump=str,
+        shown="~/gt",
+    )
+    heartbeat_interval: float = setting(
+        DEFAULT_HEARTBEAT_INTERVAL,
+        _duration,
+        'How often agents are checked and poked: "300s", "5m", "1h" or seconds.',
+        dump=round,
+        shown="5m",
+    )
+    agent: AgentConfig = dataclasses.field(default_factory=AgentConfig)
+    tmux: TmuxConfig = dataclasses.field(default_factory=TmuxConfig)
+    motd: MotdConfig = dataclasses.field(default_factory=MotdConfig)
+    lifecycle: LifecycleConfig = dataclasses.field(default_factory=LifecycleConfig)
+    supervise: SuperviseConfig = dataclasses.field(default_factory=SuperviseConfig)
+    source: pathlib.Path | None = dataclasses.field(default=None, compare=True)
+
+
+def _settings(cls: type) -> list[tuple[str, Setting]]:
+    return [(f.name, f.metadata["setting"]) for f in dataclasses.fields(cls) if f.metadata]
+
+
+def _sections() -> dict[str, type]:
+    """Each ``[table]`` and its dataclass, in file order."""
+    return {
+        f.name: t.cast("type", f.default_factory)
+        for f in dataclasses.fields(Config)
+        if f.default_factory is not dataclasses.MISSING
+    }
+
+
+def _check_keys(table: dict[str, t.Any], section: str, known: list[str], path: _Path) -> None:
+    for key in table:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            where = f"in [{section}]" if section else "at the top level"
+            msg = f"unknown key ({hint}known keys {where}: {', '.join(known)})"
+            raise ConfigError(path, f"{section}.{key}" if section else key, msg)
+
+
+def _read_table(cls: type, table: dict[str, t.Any], section: str, src: Source) -> dict[str, t.Any]:
+    values = {}
+    for name, spec in _settings(cls):
+        key = f"{section}.{name}" if section else name
+        if name in table:
+            values[name] = spec.parse(table[name], src, key)
+        elif name == "town_root":  # its default depends on the environment
+            values[name] = spec.parse(None, src, key)
+    return values
 
 
 def load_config(
@@ -288,30 +420,66 @@ def load_config(
         For invalid TOML (with its line), unknown keys, wrong types and invalid
         values. The message names ``source`` and the dotted key.
     """
+    src = Source(source, env, home)
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, None, f"invalid TOML: {exc}") from None
-    _check_keys(raw, "", source)
-    agent, tmux = _section(raw, "agent", source), _section(raw, "tmux", source)
-    motd, lifecycle = _section(raw, "motd", source), _section(raw, "lifecycle", source)
-    interval = raw.get("heartbeat_interval", int(DEFAULT_HEARTBEAT_INTERVAL))
-    command = agent.get("command", DEFAULT_AGENT_COMMAND)
-    gt_command = lifecycle.get("gt_command", DEFAULT_GT_COMMAND)
-    return Config(
-        town_root=_town_root(raw, env, home, source),
-        heartbeat_interval=parse_duration(interval, path=source, key="heartbeat_interval"),
-        agent=AgentConfig(
-            _command(command, source, "agent.command", may_be_off=False),
-            _alive(agent.get("alive_commands", list(DEFAULT_ALIVE_COMMANDS)), source),
-        ),
-        tmux=TmuxConfig(_socket(tmux.get("socket", ""), source)),
-        motd=MotdConfig(_messages(motd.get("messages", []), source)),
-        lifecycle=LifecycleConfig(
-            _command(gt_command, source, "lifecycle.gt_command", may_be_off=True)
-        ),
-        source=source,
-    )
+    sections = _sections()
+    _check_keys(raw, "", [name for name, _ in _settings(Config)] + list(sections), source)
+    values = _read_table(Config, raw, "", src)
+    for name, cls in sections.items():
+        table = _expect(raw.get(name, {}), dict, "a table", source, name)
+        _check_keys(table, name, [key for key, _ in _settings(cls)], source)
+        values[name] = section = cls(**_read_table(cls, table, name, src))
+        if check := getattr(section, "check", None):
+            check(src)
+    return Config(**values, source=source)
+
+
+def to_dict(config: Config) -> dict[str, t.Any]:
+    """Return the effective config in the file's TOML shape (for ``config show``)."""
+    out = {name: spec.dump(getattr(config, name)) for name, spec in _settings(Config)}
+    for name, cls in _sections().items():
+        section = getattr(config, name)
+        out[name] = {key: spec.dump(getattr(section, key)) for key, spec in _settings(cls)}
+    return out
+
+
+_HEADER = """\
+# gtd, the Gas Town daemon (gastown-daemon.service). Every key is optional; unknown
+# keys are errors. Check: `gtd config check`; apply: `systemctl --user reload gastown-daemon`.
+"""
+
+
+def default_config_text() -> str:
+    """Return a commented config file that holds the defaults (for ``config init``).
+
+    ``town_root`` is commented out, so ``GT_TOWN_ROOT`` keeps working until a user
+    sets it here.
+    """
+    import tomli_w  # only `config init` writes TOML
+
+    defaults = to_dict(Config(pathlib.Path("~/gt")))
+    lines = [_HEADER]
+
+    def key_lines(name: str, spec: Setting, value: object) -> None:
+        lines.extend(f"# {doc}" for doc in spec.doc.splitlines())
+        shown = spec.shown if spec.shown is not None else value
+        line = tomli_w.dumps({name: shown}).rstrip("\n")
+        lines.append(f"# {line}" if name == "town_root" else line)
+        lines.append("")
+
+    for name, spec in _settings(Config):
+        key_lines(name, spec, defaults[name])
+    for section, cls in _sections().items():
+        lines.append(f"[{section}]")
+        for name, spec in _settings(cls):
+            key_lines(name, spec, defaults[section][name])
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+# -- files ----------------------------------------------------------------------
 
 
 def default_config_path(env: t.Mapping[str, str], home: pathlib.Path) -> pathlib.Path:
@@ -340,9 +508,9 @@ def resolve_config_path(
     if override is not None:
         if not override:
             raise ConfigError(None, "--config", "the path is empty")
-        return _expand(override, home), True
+        return expand(override, home), True
     if named := env.get("GTD_CONFIG"):
-        return _expand(named, home), True
+        return expand(named, home), True
     return default_config_path(env, home), False
 
 
@@ -385,107 +553,27 @@ def read_config(
     return load_config(text, source=path, env=env, home=home)
 
 
-def to_dict(config: Config) -> dict[str, t.Any]:
-    """Return the effective config in the file's TOML shape (for ``config show``)."""
-    return {
-        "town_root": str(config.town_root),
-        "heartbeat_interval": round(config.heartbeat_interval),
-        "agent": {
-            "command": config.agent.command,
-            "alive_commands": list(config.agent.alive_commands),
-        },
-        "tmux": {"socket": config.tmux.socket},
-        "motd": {"messages": list(config.motd.messages)},
-        "lifecycle": {"gt_command": config.lifecycle.gt_command},
-    }
-
-
-_DEFAULT_TEXT = """\
-# gtd, the Gas Town daemon (gastown-daemon.service). Every key is optional; unknown
-# keys are errors. Check: `gtd config check`; apply: `systemctl --user reload gastown-daemon`.
-
-# Where the town lives. Left unset, GT_TOWN_ROOT is used, else ~/gt;
-# set here, it overrides GT_TOWN_ROOT.
-# {town_root}
-
-# How often the deacon is checked and poked: "300s", "5m", "1h" or seconds.
-{heartbeat_interval}
-
-[agent]
-# The command that starts an agent in its tmux session.
-{command}
-# Pane foreground commands that mean "the agent is alive" (15 characters at most).
-{alive_commands}
-
-[tmux]
-# "" is your default tmux server (`tmux attach -t gt-deacon` works); else `tmux -L <socket>`.
-{socket}
-
-[motd]
-# The heartbeat messages the deacon is poked with, in rotation; [] = upstream's 12.
-{messages}
-
-[lifecycle]
-# The gt command whose mail carries LIFECYCLE: requests; "" turns that source off.
-{gt_command}
-"""
-
-
-def default_config_text() -> str:
-    """Return a commented config file that holds the defaults (for ``config init``)."""
-    defaults = to_dict(Config(pathlib.Path("~/gt")))
-    values: dict[str, object] = {"town_root": "~/gt", "heartbeat_interval": "5m"}
-    for table in ("agent", "tmux", "motd", "lifecycle"):
-        values |= defaults[table]
-    lines = {key: tomli_w.dumps({key: value}).rstrip("\n") for key, value in values.items()}
-    return _DEFAULT_TEXT.format(**lines)
-
-
 def write_config_file(path: pathlib.Path, text: str, *, force: bool) -> None:
-    """Write ``text`` to ``path`` atomically, creating parent directories.
+    """Write ``text`` to ``path`` whole (mode 0644), creating parent directories.
 
-    The text goes to a temporary file in the same directory, is fsynced and
-    renamed into place (mode 0644), then the directory is fsynced. Without
-    ``force`` an existing file is never replaced, even one created concurrently.
+    Without ``force`` an existing file is never replaced, even one created concurrently.
 
     Raises
     ------
     ConfigError
         When the file exists and ``force`` is false, or on any OS error.
     """
-    exists = "already exists; use --force to overwrite it"
-    tmp: str | None = None
+    from gtd import store
+
+    if path.is_dir():
+        raise ConfigError(path, None, "is a directory")
     try:
-        if path.is_dir():
-            raise ConfigError(path, None, "is a directory")
-        if not force and (path.exists() or path.is_symlink()):
-            raise ConfigError(path, None, exists)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as stream:
-            stream.write(text.encode())
-            os.fchmod(stream.fileno(), 0o644)
-            stream.flush()
-            os.fsync(stream.fileno())
-        if force:
-            os.replace(tmp, path)
-        else:
-            # link() fails if the name appeared meanwhile, where rename() would clobber it.
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise ConfigError(path, None, exists) from None
-            os.unlink(tmp)
-        tmp = None
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            store.write_new(path, text.encode(), mode=0o644, replace=force)
+        except FileExistsError:
+            msg = "already exists; use --force to overwrite it"
+            raise ConfigError(path, None, msg) from None
     except OSError as exc:
         culprit = f" ({exc.filename})" if exc.filename else ""
         raise ConfigError(path, None, f"cannot write: {exc.strerror or exc}{culprit}") from None
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)

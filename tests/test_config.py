@@ -209,6 +209,21 @@ ERROR_CASES = [
     ErrorCase("gt_int", "[lifecycle]\ngt_command = false", "lifecycle.gt_command", "boolean"),
     ErrorCase("gt_quote", '[lifecycle]\ngt_command = "\'gt"', "lifecycle.gt_command", "closing"),
     ErrorCase("gt_blank", "[lifecycle]\ngt_command = ' '", "lifecycle.gt_command", 'use ""'),
+    ErrorCase("agents_string", "[supervise]\nagents = 'deacon'", "supervise.agents", "array"),
+    ErrorCase("agents_bad", "[supervise]\nagents = ['x;y']", "supervise.agents[0]", "invalid"),
+    ErrorCase(
+        "agents_twice",
+        "[supervise]\nagents = ['deacon', 'deacon/']",
+        "supervise.agents[1]",
+        "listed twice",
+    ),
+    ErrorCase(
+        "poke_unsupervised",
+        "[supervise]\npoke = ['mayor']",
+        "supervise.poke[0]",
+        "mayor is poked but not in supervise.agents",
+    ),
+    ErrorCase("unknown_supervise", "[supervise]\nagent = []", "supervise.agent", "did you mean"),
     ErrorCase("toml_syntax", "town_root = \n", None, "invalid TOML"),
     ErrorCase("toml_duplicate", "[agent]\n[agent]\n", None, "line 2"),
 ]
@@ -444,7 +459,7 @@ def test_default_config_text_comments_every_key() -> None:
     """Each key in the init file is explained by a comment just above it."""
     lines = default_config_text().splitlines()
     keys = [i for i, line in enumerate(lines) if " = " in line and not line.startswith("# ")]
-    assert len(keys) == 6
+    assert len(keys) == 8  # every key of the schema, [supervise] included
     for i in keys:
         assert lines[i - 1].startswith("#") or lines[i - 1].startswith("]")
 
@@ -509,6 +524,7 @@ def test_to_dict_shape() -> None:
         "tmux": {"socket": ""},
         "motd": {"messages": []},
         "lifecycle": {"gt_command": "gt"},
+        "supervise": {"agents": ["deacon"], "poke": ["deacon"]},
     }
 
 
@@ -576,3 +592,18 @@ def test_load_config_only_raises_config_error(text: str) -> None:
     """Arbitrary text gives a Config or a ConfigError, never another exception."""
     with contextlib.suppress(ConfigError):
         load(text)
+
+
+def test_supervise_reads_identities_in_any_form() -> None:
+    """[supervise] takes dash and slash forms, keeps their order, and pokes a subset."""
+    config = load(
+        "[supervise]\nagents = ['deacon', 'mayor', 'gastown/witness']\npoke = ['deacon', 'mayor']\n"
+    )
+    assert ["deacon", "mayor", "gastown-witness"] == [i.dash for i in config.supervise.agents]
+    assert ["deacon", "mayor"] == [i.dash for i in config.supervise.poke]
+    assert ["deacon"] == [i.dash for i in load("").supervise.agents]
+
+
+def test_supervise_may_poke_nobody() -> None:
+    """An empty poke list keeps agents alive without typing into any of them."""
+    assert () == load("[supervise]\npoke = []\n").supervise.poke
