@@ -1,56 +1,35 @@
 """What lifecycle requests do to agents: upstream's flag guard, pre-sync, stop and start.
 
 An agent asks for an action by setting ``requesting_<action>: true`` in its state
-file; :func:`check_flag` refuses to act without it and :func:`clear_flag` removes it
-afterwards, keeping every other key. State files are only read and written inside
-the town, never through a link that leads out of it.
+file; :meth:`AgentActor.check` refuses to act without it and
+:meth:`AgentActor.finish` removes it afterwards, keeping every other key. State
+files are only read and written inside the town, never through a link that leads
+out of it.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import pathlib
 import typing as t
 
 from gtd import agents, proc, store
-from gtd.exc import RequestError, StateError
-from gtd.identities import Identity, parse_identity
+from gtd.exc import RequestError, StateError, WorkdirMissing
+from gtd.request import Action, Request, shown
 
 if t.TYPE_CHECKING:
     from gtd.config import Config
+    from gtd.identities import Identity
     from gtd.tmux import Tmux
 
 logger = logging.getLogger(__name__)
 
-ACTIONS = {"shutdown": "shutdown", "stop": "shutdown", "cycle": "cycle", "restart": "restart"}
-"""Accepted actions, each mapped to the one whose ``requesting_<action>`` flag it needs."""
 PRESYNC_TIMEOUT = 60.0
 PRESYNC_STEPS: tuple[tuple[str, ...], ...] = (
     ("git", "fetch", "origin"),
     ("git", "pull", "--rebase", "origin", "main"),
     ("bd", "sync"),
 )
-
-
-def shown(value: object) -> str:
-    """Untrusted text, made safe and short for a log line or field."""
-    text = value if isinstance(value, str) else repr(value)
-    return text[:100] if text.isascii() and text.isprintable() else repr(text)[:100]
-
-
-def canonical_action(action: object) -> str:
-    """*action* in lower case. Raises RequestError unless it is one of :data:`ACTIONS`."""
-    if not isinstance(action, str) or action.lower() not in ACTIONS:
-        shown = repr(action[:40]) if isinstance(action, str) else type(action).__name__
-        msg = f"unknown action {shown} (expected one of: {', '.join(ACTIONS)})"
-        raise RequestError(msg)
-    return action.lower()
-
-
-def flag_key(action: str) -> str:
-    """The state-file flag an action needs: ``stop`` is an alias of ``shutdown``."""
-    return f"requesting_{ACTIONS[canonical_action(action)]}"
 
 
 def state_file(town: pathlib.Path, identity: Identity) -> pathlib.Path:
@@ -69,9 +48,9 @@ def state_file(town: pathlib.Path, identity: Identity) -> pathlib.Path:
     return path
 
 
-def check_flag(town: pathlib.Path, identity: Identity, action: str) -> None:
+def check_flag(town: pathlib.Path, identity: Identity, action: Action) -> None:
     """Upstream's guard. Raises RequestError unless the state file has the flag true."""
-    path, key = state_file(town, identity), flag_key(action)
+    path, key = state_file(town, identity), action.flag
     try:
         state = store.read_json_object(path)
     except FileNotFoundError:
@@ -86,13 +65,13 @@ def check_flag(town: pathlib.Path, identity: Identity, action: str) -> None:
         raise RequestError(msg)
 
 
-def clear_flag(town: pathlib.Path, identity: Identity, action: str) -> bool:
+def clear_flag(town: pathlib.Path, identity: Identity, action: Action) -> bool:
     """Remove ``requesting_<action>`` and ``requesting_time``, keeping every other key.
 
     Idempotent: without the flag nothing is written. Returns whether it wrote. Raises
     OSError when the atomic rewrite fails (the old file stays intact).
     """
-    path, key = state_file(town, identity), flag_key(action)
+    path, key = state_file(town, identity), action.flag
     try:
         state = store.read_json_object(path)
     except FileNotFoundError:
@@ -108,38 +87,36 @@ def clear_flag(town: pathlib.Path, identity: Identity, action: str) -> bool:
     return True
 
 
-def set_request_flag(town: pathlib.Path, identity: str, action: str) -> pathlib.Path:
+def set_request_flag(town: pathlib.Path, identity: Identity, action: Action) -> pathlib.Path:
     """Set ``requesting_<action>: true`` and ``requesting_time``; return the file's path.
 
     For ``gtd request --force``. Other keys are kept; a missing file (and directory)
-    is created. Raises IdentityError/RequestError for bad input, StateError when the
-    file exists but is not a JSON object (it is left alone).
+    is created. Raises RequestError for a state file outside the town, StateError
+    when the file exists but is not a JSON object (it is left alone).
     """
-    ident, act = parse_identity(identity), canonical_action(action)
-    path = ident.state_file(town)
+    path = identity.state_file(town)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path = state_file(town, ident)
+    path = state_file(town, identity)
     try:
         state = store.read_json_object(path)
     except FileNotFoundError:
         state = {}
-    store.write_json(path, state | {flag_key(act): True, "requesting_time": store.now_iso()})
+    store.write_json(path, state | {action.flag: True, "requesting_time": store.now_iso()})
     return path
 
 
-def daemon_env() -> dict[str, str]:
-    """The environment of commands gtd runs for itself: no identity, ``BD_ACTOR=daemon``."""
-    env = {k: v for k, v in os.environ.items() if k not in agents.AGENT_UNSET}
-    return env | {"BD_ACTOR": "daemon", "GIT_TERMINAL_PROMPT": "0"}
-
-
-def presync(identity: Identity, workdir: pathlib.Path, tick: t.Callable[[], None]) -> None:
+def presync(
+    identity: Identity,
+    workdir: pathlib.Path,
+    env: t.Mapping[str, str],
+    tick: t.Callable[[], None],
+) -> None:
     """Run :data:`PRESYNC_STEPS` in *workdir*, each bounded; a failing step is only logged."""
     for argv in PRESYNC_STEPS:
         tick()
         extra = {"GTD_IDENTITY": identity.dash, "GTD_STEP": " ".join(argv)}
         try:
-            res = proc.run(argv, timeout=PRESYNC_TIMEOUT, cwd=workdir, env=daemon_env())
+            res = proc.run(argv, timeout=PRESYNC_TIMEOUT, cwd=workdir, env=env)
         except (OSError, proc.Timeout) as err:
             logger.warning("pre-sync %s: %s", " ".join(argv), err, extra=extra)
             continue
@@ -149,30 +126,65 @@ def presync(identity: Identity, workdir: pathlib.Path, tick: t.Callable[[], None
     tick()
 
 
-def act(
-    config: Config, tmux: Tmux, identity: Identity, action: str, tick: t.Callable[[], None]
-) -> None:
-    """Stop the agent, or (pre-sync and) start it again in its pane.
+class AgentActor:
+    """Carries out requests on agents in tmux (the processor's :class:`~gtd.lifecycle.Actor`).
 
-    Stopping an agent that is not running succeeds: there is nothing left to stop.
-
-    Raises
-    ------
-    RequestError
-        The workdir of a restart is missing.
-    TmuxError
-        tmux failed or timed out (worth retrying).
+    Parameters
+    ----------
+    config, tmux
+        Where agents live and how they start.
+    env
+        The environment of the helpers gtd runs itself (pre-sync's git and bd).
+    held
+        Told the identity of an agent about to be shut down on request, so its
+        supervisor does not bring it back; *released* when it is started again.
     """
-    if ACTIONS[action] == "shutdown":
-        agents.stop_agent(tmux, identity)
-        return
-    workdir = identity.workdir(config.town_root)
-    if not workdir.is_dir():
-        msg = f"workdir of {identity.dash} does not exist: {workdir}"
-        raise RequestError(msg)
-    if identity.presync:
-        presync(identity, workdir, tick)
-    try:
-        agents.start_agent(tmux, identity, config)
-    except agents.WorkdirMissing as err:
-        raise RequestError(str(err)) from None
+
+    def __init__(
+        self,
+        config: Config,
+        tmux: Tmux,
+        env: t.Mapping[str, str],
+        *,
+        held: t.Callable[[Identity], None] = lambda _: None,
+        released: t.Callable[[Identity], None] = lambda _: None,
+    ) -> None:
+        self.config, self.tmux, self.env = config, tmux, env
+        self.held, self.released = held, released
+
+    def check(self, request: Request) -> None:
+        """Upstream's guard: the agent's state file asks for this action."""
+        check_flag(self.config.town_root, request.identity, request.action)
+
+    def act(self, request: Request, tick: t.Callable[[], None]) -> None:
+        """Stop the agent, or (pre-sync and) start it again in its pane.
+
+        Stopping an agent that is not running succeeds: there is nothing left to stop.
+
+        Raises
+        ------
+        RequestError
+            The workdir of a restart is missing.
+        TmuxError
+            tmux failed or timed out (worth retrying).
+        """
+        identity = request.identity
+        if not request.action.starts:
+            self.held(identity)
+            agents.stop_agent(self.tmux, identity)
+            return
+        workdir = identity.workdir(self.config.town_root)
+        if not workdir.is_dir():
+            msg = f"workdir of {identity.dash} does not exist: {workdir}"
+            raise RequestError(msg)
+        if identity.presync:
+            presync(identity, workdir, self.env, tick)
+        self.released(identity)
+        try:
+            agents.start_agent(self.tmux, identity, self.config)
+        except WorkdirMissing as err:
+            raise RequestError(str(err)) from None
+
+    def finish(self, request: Request) -> None:
+        """Clear the flag the request needed."""
+        clear_flag(self.config.town_root, request.identity, request.action)

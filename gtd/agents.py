@@ -8,13 +8,17 @@ export``), and none inherits the daemon's identity variables.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
+import os
 import time
 import typing as t
 import unicodedata
 
-from gtd.exc import GtdError
+from gtd.environment import AGENT_UNSET, IDENTITY_VARS
+from gtd.events import Event
+from gtd.exc import GtdError, Stopping, WorkdirMissing
 from gtd.systemd import TMUX_UNIT
 from gtd.tmux import CLIENT_ENV_DROP, CursorLine, PaneInfo, Tmux, env_argv
 
@@ -24,20 +28,29 @@ if t.TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-IDENTITY_VARS = ("GT_ROLE", "GT_RIG", "GT_CREW", "GT_POLECAT", "GT_SESSION", "BD_ACTOR")
-AGENT_UNSET = frozenset({*IDENTITY_VARS, "GT_REFINERY"})
-"""Removed from every agent's environment unless its identity sets them."""
-
 assert set(IDENTITY_VARS) <= CLIENT_ENV_DROP  # noqa: S101 - module invariant
+
+SHELLS = frozenset(
+    {"sh", "ash", "bash", "dash", "zsh", "ksh", "mksh", "pdksh", "csh", "tcsh", "fish", "busybox"}
+    | {"login", "nu", "xonsh", "elvish", "rc", "es", "yash", "oksh", "loksh"}
+)
+"""Process names that mean "a shell, not the agent": a pane back at one lost its agent."""
+MAX_TREE = 64
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class AgentView:
-    """An agent as one pane listing shows it."""
+    """An agent as one pane listing and its process tree show it."""
 
     identity: Identity
     pane: PaneInfo | None
-    alive: bool
+    pid: int | None
+    """The agent's own process: the pane's, or below a shell or wrapper script; None if dead."""
+
+    @property
+    def alive(self) -> bool:
+        """Whether the agent runs (its pane lives and holds a process other than a shell)."""
+        return self.pid is not None
 
 
 def agent_pane(panes: t.Iterable[PaneInfo], identity: Identity) -> PaneInfo | None:
@@ -56,28 +69,94 @@ def agent_pane(panes: t.Iterable[PaneInfo], identity: Identity) -> PaneInfo | No
     return first
 
 
-def is_alive(pane: PaneInfo | None, alive_commands: t.Collection[str]) -> bool:
-    """Alive means: the pane lives and its foreground command is one of *alive_commands*."""
-    return pane is not None and not pane.dead and pane.current_command in alive_commands
+class Procfs:
+    """Reads the process facts liveness needs from ``/proc`` (injected in tests)."""
+
+    def names(self, pid: int) -> tuple[str, str] | None:
+        """``(comm, basename of argv[0])`` of a live process, or None."""
+        try:
+            with open(f"/proc/{pid}/comm", "rb") as f:
+                comm = f.read().decode(errors="replace").strip()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv0 = f.read(4096).split(b"\0", 1)[0].decode(errors="replace")
+        except OSError:
+            return None
+        if not argv0:
+            return None  # a zombie: exited, not yet reaped
+        return comm, os.path.basename(argv0.removeprefix("-"))
+
+    def children(self, pid: int) -> list[int]:
+        """The process's children (every thread's), in pid order."""
+        kids: list[int] = []
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            return kids
+        for task in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{task}/children", "rb") as f:
+                    kids += [int(x) for x in f.read().split()]
+            except (OSError, ValueError):
+                continue
+        return sorted(kids)
 
 
-def view(panes: t.Sequence[PaneInfo], identity: Identity, config: Config) -> AgentView:
-    """Judge one agent from a listing already made (no tmux call)."""
+PROCFS = Procfs()
+
+
+def agent_process(
+    pane_pid: int, alive_commands: t.Collection[str], procfs: Procfs = PROCFS
+) -> int | None:
+    """The agent's process in a pane, whatever name its binary shows, or None.
+
+    Breadth-first from the pane's own process: the first one named in
+    *alive_commands* (by comm or argv[0]), else the first that is not a shell
+    (:data:`SHELLS`). A wrapper script that execs the agent is the agent; one that
+    forks it is a shell with the agent below; a pane back at a shell has none.
+    """
+    queue, seen, fallback = collections.deque([pane_pid]), 0, None
+    while queue and seen < MAX_TREE:
+        pid = queue.popleft()
+        seen += 1
+        names = procfs.names(pid)
+        if names is None:
+            continue
+        if names[0] in alive_commands or names[1] in alive_commands:
+            return pid
+        if fallback is None and names[1] not in SHELLS and names[0] not in SHELLS:
+            fallback = pid
+        queue.extend(procfs.children(pid))
+    return fallback
+
+
+def view(
+    panes: t.Sequence[PaneInfo], identity: Identity, config: Config, procfs: Procfs = PROCFS
+) -> AgentView:
+    """Judge one agent from a listing already made (no tmux call; reads ``/proc``)."""
     pane = agent_pane(panes, identity)
-    return AgentView(identity, pane, is_alive(pane, config.agent.alive_commands))
+    if pane is None or pane.dead:
+        return AgentView(identity, pane, None)
+    return AgentView(
+        identity, pane, agent_process(pane.pane_pid, config.agent.alive_commands, procfs)
+    )
 
 
-def spawn_argv(identity: Identity, config: Config) -> list[str]:
-    """The pane command: ``env`` with the identity's variables, then the agent command."""
-    env = identity.env()
+def is_alive(pane: PaneInfo | None, alive_commands: t.Collection[str]) -> bool:
+    """Whether *pane* holds a live agent (:func:`agent_process`)."""
+    return (
+        pane is not None
+        and not pane.dead
+        and agent_process(pane.pane_pid, alive_commands) is not None
+    )
+
+
+def spawn_argv(identity: Identity, config: Config, path: str | None = None) -> list[str]:
+    """The pane command: ``env`` with PATH and the identity's variables, then the agent."""
+    env = identity.env() | ({"PATH": path} if path else {})
     return env_argv(env, AGENT_UNSET - env.keys(), config.agent.argv)
 
 
 TMUX_START_WAIT = 10.0
-
-
-class Stopping(GtdError):
-    """A stop was requested while waiting inside a step."""
 
 
 def ensure_server(
@@ -136,10 +215,6 @@ def wait_for_server(
     return True
 
 
-class WorkdirMissing(FileNotFoundError):
-    """The agent's working directory does not exist."""
-
-
 def start_agent(
     tmux: Tmux,
     identity: Identity,
@@ -147,11 +222,13 @@ def start_agent(
     *,
     panes: t.Sequence[PaneInfo] | None = None,
     create_workdir: bool = False,
+    path: str | None = None,
 ) -> PaneInfo:
     """Start (or restart) the agent in its own pane; other panes of its session stay.
 
     Respawns the agent's pane when the session exists, else creates the session.
-    *panes* is a listing the caller already has, to save a tmux call.
+    *panes* is a listing the caller already has, to save a tmux call; *path* is
+    the PATH the agent gets (and its command is looked up on).
 
     Raises
     ------
@@ -169,7 +246,7 @@ def start_agent(
     if panes is None:
         panes = tmux.list_panes()
     pane = agent_pane(panes, identity)
-    argv = spawn_argv(identity, config)
+    argv = spawn_argv(identity, config, path)
     env = identity.env()
     if pane is None:
         pane = tmux.new_session(
@@ -188,7 +265,7 @@ def start_agent(
         how,
         pane.pane_id,
         pane.pane_pid,
-        extra=_fields(identity, pane),
+        extra=_fields(identity, pane) | {"MESSAGE_ID": Event.AGENT_STARTED.value},
     )
     return pane
 

@@ -12,9 +12,11 @@ import sys
 import typing as t
 
 from gtd import __version__, actions, agents, config, lifecycle, store, systemd
-from gtd.exc import EX_CONFIG, ConfigError, GtdError, IdentityError, RequestError
+from gtd.exc import EX_CONFIG, ConfigError, GtdError, IdentityError, RequestError, WorkdirMissing
 from gtd.identities import DEACON, identity_from_session, parse_identity
 from gtd.logs import setup_logging
+from gtd.request import parse_action
+from gtd.spool import Spool
 from gtd.tmux import PaneInfo, Tmux
 
 logger = logging.getLogger(__name__)
@@ -242,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     except (IdentityError, RequestError) as err:
         print(f"gtd: {err}", file=sys.stderr)
         return EX_USAGE
-    except agents.WorkdirMissing as err:
+    except WorkdirMissing as err:
         print(f"gtd: {err}", file=sys.stderr)
         return 1
     except OSError as err:
@@ -271,7 +273,7 @@ def command_run(args: Namespace) -> int:
 
     faulthandler.enable()  # a watchdog SIGABRT dumps every thread's stack to the journal
     cfg, path, explicit = load(args)
-    daemon = Daemon(cfg, config_path=path, explicit=explicit, lifecycle=lifecycle.Lifecycle())
+    daemon = Daemon(cfg, config_path=path, explicit=explicit)
     try:
         return daemon.run()
     except ConfigError:
@@ -333,7 +335,8 @@ def command_status(args: Namespace) -> int:
     if deacon.pane is None:
         print(f"deacon: no session {DEACON.session}")
     print_agents(panes, cfg)
-    queued, failed = lifecycle.pending(cfg.town_root), lifecycle.failed(cfg.town_root)
+    spool = Spool(cfg.town_root)
+    queued, failed = spool.pending(), spool.failed()
     print(f"lifecycle: {len(queued)} pending, {len(failed)} failed")
     for rec in failed[-5:]:
         print(f"  failed {rec.get('id', '?')}: {rec.get('reason', '?')}")
@@ -399,14 +402,15 @@ def command_request(args: Namespace) -> int:
     """Queue a request, wake the daemon through systemd, print the id."""
     cfg, _, _ = load(args)
     sender = os.environ.get("BD_ACTOR") or os.environ.get("GT_ROLE") or f"user:{getpass.getuser()}"
+    identity, action = parse_identity(args.identity), parse_action(args.action)
     if args.force:
-        identity = parse_identity(args.identity)
         workdir = identity.workdir(cfg.town_root)
         if identity != DEACON and not workdir.is_dir():
             msg = f"workdir of {identity.dash} does not exist: {workdir}; nothing queued"
             raise RequestError(msg)
-        actions.set_request_flag(cfg.town_root, args.identity, args.action)
-    rid = lifecycle.enqueue(cfg.town_root, args.identity, args.action, sender=sender)
+        actions.set_request_flag(cfg.town_root, identity, action)
+    spool = Spool(cfg.town_root)
+    rid = lifecycle.submit(spool, identity, action, sender=sender, word=args.action).id
     print(rid)
     try:
         systemd.systemctl("kill", "--kill-who=main", "-s", "USR1", systemd.DAEMON_UNIT)

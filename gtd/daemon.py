@@ -1,33 +1,39 @@
-"""The daemon's loop: one thread that blocks on signals, timers and the deacon's pidfd.
+"""The daemon: the wiring that holds the loop, the supervisors and request processing.
 
-Every iteration does its work, then pings the watchdog, then sleeps in
-``select()`` until the next deadline (heartbeat, watchdog ping, backoff retry)
-or an event (a signal through ``signal.set_wakeup_fd``, the deacon's process
-exiting through a pidfd). Nothing polls; nothing pings from a side thread, so a
-hung loop stops the pings and systemd's watchdog kills it.
+:meth:`Daemon.run` registers the signals with the :class:`~gtd.loop.Loop`, makes
+sure it can work (:meth:`Daemon.prepare`), runs the first heartbeat (which sends
+READY=1), then lets the loop dispatch: a heartbeat timer, each supervisor's
+pidfd and guard deadline, SIGUSR1 (requests now), SIGHUP (reload), SIGTERM. A
+heartbeat lists the panes once, lets every supervisor ensure its agent from that
+listing, pokes the agents in ``[supervise] poke``, carries out lifecycle
+requests and saves ``state.json``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import errno
 import logging
 import os
 import pathlib
-import selectors
 import signal
 import time
 import typing as t
 
-from gtd import agents, store
+from gtd import agents, environment, store
 from gtd import state as sv
-from gtd.agents import Stopping
+from gtd.actions import AgentActor
 from gtd.config import Config, read_config
-from gtd.exc import ConfigError, GtdError, NoServer, TmuxError
-from gtd.identities import DEACON
+from gtd.events import Event
+from gtd.exc import CommandNotFound, ConfigError, GtdError, NoServer, Stopping, TmuxError
+from gtd.identities import DEACON, Identity
+from gtd.lifecycle import Processor, SpoolSource
+from gtd.loop import Loop, stop_requested
+from gtd.mail import MailSource
 from gtd.notify import Notifier
+from gtd.spool import Spool
+from gtd.supervisor import Supervisor
 from gtd.systemd import start_tmux_server
 from gtd.tmux import DEFAULT_TIMEOUT, PaneInfo, Tmux
 
@@ -35,24 +41,6 @@ logger = logging.getLogger(__name__)
 
 TMUX_RETRY_MIN, TMUX_RETRY_MAX = 2.0, 60.0
 """While tmux does not answer, the listing is retried this often (doubling), not per heartbeat."""
-
-HANG_SWITCH = "GTD_TEST_HANG_FILE"
-"""Test-only fault switch: while the file it names exists, the loop hangs."""
-
-
-class Lifecycle(t.Protocol):
-    """Where lifecycle requests are carried out (the spool and ``gt mail``)."""
-
-    def process(self, config: Config, tmux: Tmux, tick: t.Callable[[], None]) -> None:
-        """Carry out every pending request; *tick* between requests keeps the watchdog fed."""
-
-
-@dataclasses.dataclass(slots=True)
-class Wake:
-    """Why the loop woke up."""
-
-    signals: set[int] = dataclasses.field(default_factory=set)
-    deacon_exited: bool = False
 
 
 class Daemon:
@@ -66,12 +54,12 @@ class Daemon:
         Where the config came from, for reload.
     notifier
         The line to systemd.
-    lifecycle
-        Lifecycle processing, or None while not wired.
     start_tmux
         Brings the tmux server up through systemd when it is not running.
-    clock
-        Monotonic clock (injected for tests).
+    policy, clock
+        The crash-loop guard's timings and the monotonic clock (injected for tests).
+    env
+        The process environment (PATH, HOME, test switches).
     """
 
     def __init__(
@@ -81,7 +69,6 @@ class Daemon:
         config_path: pathlib.Path | None = None,
         explicit: bool = False,
         notifier: Notifier | None = None,
-        lifecycle: Lifecycle | None = None,
         start_tmux: t.Callable[[], None] | None = None,
         policy: sv.Policy | None = None,
         clock: t.Callable[[], float] = time.monotonic,
@@ -91,39 +78,39 @@ class Daemon:
         self.config_path = config_path
         self.explicit = explicit
         self.notifier = notifier or Notifier()
-        self.lifecycle = lifecycle
         self.start_tmux = start_tmux or (
             lambda: start_tmux_server(self.config.tmux.socket, self.config_path)
         )
         self.policy = policy or sv.Policy()
         self.clock = clock
         self.env = dict(os.environ if env is None else env)
+        self.home = pathlib.Path(self.env.get("HOME") or pathlib.Path.home())
+        self.loop = Loop(self.notifier, clock=clock, env=self.env)
         self.tmux = self._make_tmux(config.tmux.socket)
-        self.tmux_retry_at: float | None = None
-        self._tmux_backoff = TMUX_RETRY_MIN
-        self.guard = sv.Guard()
         self.state = store.DaemonState()
+        self.supervisors: dict[Identity, Supervisor] = {}
         self.stopping = False
-        self.next_heartbeat = 0.0
-        self.next_ping = 0.0
-        self.deacon_pid: int | None = None
-        self._pidfd: int | None = None
-        self._deacon_gone = False
-        self._disk = ""
-        self._selector = selectors.DefaultSelector()
-        self._wakeup_r = -1
-        self._note = ""
-        self._problem = ""
+        self.problems: dict[str, str] = {}
+        """What STATUS= reports besides the agents, by topic (tmux, disk, reload, command)."""
+        self._due: set[Identity] = set()
+        self._tmux_backoff = TMUX_RETRY_MIN
+        self._tmux_down = False
+        self._panes: list[PaneInfo] = []
+        self._held_changed = False
+        self.path = ""
+        self.processor = self._configure()
 
-    # -- start and stop ------------------------------------------------------
+    # -- start and stop ------------------------------------------------------------
 
     def prepare(self) -> None:
         """Check that the daemon can work: state dir writable, tmux reachable.
 
         Raises
         ------
+        ConfigError
+            The town is read-only for the service (the unit was made for another town).
         GtdError
-            Something it cannot work without; the message says what.
+            Something else it cannot work without; the message says what.
         """
         town = self.config.town_root
         try:
@@ -147,149 +134,153 @@ class Daemon:
             heartbeat_count=previous.heartbeat_count,
             motd_index=previous.motd_index,
         )
+        self._supervise(previous.agents)
         self._save_state()
         self.ensure_tmux()
 
     def ensure_tmux(self) -> None:
         """Make sure the tmux server runs, starting it through systemd if not."""
         agents.ensure_server(
-            self.tmux, self.start_tmux, stop_requested=lambda: _stop_requested, clock=self.clock
+            self.tmux, self.start_tmux, stop_requested=stop_requested, clock=self.clock
         )
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT; return the exit status."""
-        self._install_signals()
+        self.loop.on_signals(
+            {
+                signal.SIGTERM: self.stop,
+                signal.SIGINT: self.stop,
+                signal.SIGHUP: self.reload,
+                signal.SIGUSR1: self.usr1,
+            }
+        )
         try:
             self.prepare()
             self.heartbeat(ready=True)
             while not self.stopping:
-                self.tick()
-                wake = self._wait(self._timeout())
-                self.handle(wake)
+                self.loop.run_once()
+                if not self.stopping:
+                    self.notifier.status(self.status_text())
         except Stopping as err:
             logger.info("%s", err)
         finally:
             self._shutdown()
         return 0
 
+    def stop(self) -> None:
+        """SIGTERM/SIGINT: leave the loop after this turn."""
+        self.stopping = True
+
     def _shutdown(self) -> None:
         """Say STOPPING, record ``running: false``; agents are left alone."""
         with contextlib.suppress(OSError):
             self.notifier.stopping("stopping; agents keep running")
+        for sup in self.supervisors.values():
+            sup.unwatch()
         self.state.running = False
         with contextlib.suppress(OSError):
             self._save_state()
         logger.info("gtd stopped; agents left running")
 
-    # -- the loop ------------------------------------------------------------
+    # -- configuration -------------------------------------------------------------
 
-    def handle(self, wake: Wake) -> None:
-        """Act on one wake-up: signals first, then the deacon, then due timers."""
-        if signal.SIGTERM in wake.signals or signal.SIGINT in wake.signals:
-            self.stopping = True
+    def _configure(self) -> Processor:
+        """Derive what depends on the config: the search PATH and request processing."""
+        file_env = environment.read_env_file(environment.env_file(self.env, self.home))
+        self.path = environment.search_path(self.env, self.home, file_env)
+        helpers = environment.helper_env(self.env, self.path)
+        town = self.config.town_root
+        actor = AgentActor(self.config, self.tmux, helpers, held=self._hold, released=self._release)
+        sources = (SpoolSource(), MailSource(self.config.lifecycle.argv, town, helpers))
+        return Processor(Spool(town), sources, actor)
+
+    def _supervise(self, previous: t.Mapping[str, t.Any]) -> None:
+        """One supervisor per ``[supervise] agents`` entry; dropped ones stop watching."""
+        wanted = self.config.supervise.agents
+        for identity in list(self.supervisors):
+            if identity not in wanted:
+                self.supervisors.pop(identity).reset()
+        for identity in wanted:
+            if identity not in self.supervisors:
+                record = previous.get(identity.dash)
+                self.supervisors[identity] = Supervisor(
+                    identity,
+                    self.loop,
+                    self._woken,
+                    policy=self.policy,
+                    clock=self.clock,
+                    previous=record if isinstance(record, dict) else None,
+                )
+
+    def reload(self) -> None:
+        """Re-read the config; a bad one keeps the old running and says why."""
+        self.notifier.reloading()
+        if self.config_path is None:
+            self.notifier.ready(self.status_text())
             return
-        if signal.SIGHUP in wake.signals:
-            self.reload()
-        if signal.SIGUSR1 in wake.signals:
-            logger.info("SIGUSR1: processing lifecycle requests now")
-            if self.tmux_retry_at is None or self._list_panes() is not None:
-                self.process_lifecycle()
-        now = self.clock()
-        guard_deadline = sv.next_deadline(self.guard, self.policy)
-        gone, self._deacon_gone = self._deacon_gone, False
-        if (
-            gone
-            or wake.deacon_exited
-            or (guard_deadline is not None and now >= guard_deadline)
-            or (self.tmux_retry_at is not None and now >= self.tmux_retry_at)
-        ):
-            self.ensure_deacon()
-        if self.clock() >= self.next_heartbeat:
-            self.heartbeat()
-        self.notifier.status(self.status_text())
+        try:
+            new = read_config(
+                self.config_path, explicit=self.explicit, env=self.env, home=self.home
+            )
+        except ConfigError as err:
+            logger.error(  # noqa: TRY400 - the message is the whole story
+                "reload refused, still running on the previous config: %s",
+                err,
+                extra={"MESSAGE_ID": Event.RELOAD_REFUSED.value},
+            )
+            self.problems["reload"] = f"reload failed ({err}); running on previous config"
+            self.notifier.ready(self.status_text())
+            return
+        moved = new.tmux.socket != self.config.tmux.socket
+        self.config = new
+        self.problems.pop("reload", None)
+        if moved:
+            # Agents on the old server are left alone; they are ensured on the new one.
+            self.tmux = self._make_tmux(new.tmux.socket)
+            for sup in self.supervisors.values():
+                sup.reset()
+        self.processor = self._configure()
+        self._supervise({})
+        logger.info("config reloaded from %s", self.config_path)
+        self.ensure_agents()
+        self._schedule_heartbeat(
+            min(self._next_heartbeat(), self.clock() + self.config.heartbeat_interval)
+        )
+        self.notifier.ready(self.status_text())
 
-    def tick(self) -> None:
-        """Ping the watchdog if due. Called only from the loop's own thread, between steps."""
-        self._maybe_hang()
+    def _make_tmux(self, socket: str) -> Tmux:
+        """A tmux client whose timeout fits well inside the watchdog period."""
         interval = self.notifier.watchdog_interval
-        now = self.clock()
-        if interval is not None and now >= self.next_ping:
-            self.notifier.watchdog()
-            self.next_ping = now + interval
+        timeout = DEFAULT_TIMEOUT if interval is None else min(DEFAULT_TIMEOUT, interval / 3)
+        return Tmux(socket, timeout=max(timeout, 0.5))
 
-    def _timeout(self) -> float:
-        """Seconds until the next thing the loop must do by itself."""
-        if self._deacon_gone:
-            return 0.0
-        deadlines = [self.next_heartbeat]
-        if self.notifier.watchdog_interval is not None:
-            deadlines.append(self.next_ping)
-        guard_deadline = sv.next_deadline(self.guard, self.policy)
-        if guard_deadline is not None:
-            deadlines.append(guard_deadline)
-        if self.tmux_retry_at is not None:
-            deadlines.append(self.tmux_retry_at)
-        return max(0.0, min(deadlines) - self.clock())
-
-    def _wait(self, timeout: float) -> Wake:
-        """Block until an event or *timeout*; report what happened."""
-        wake = Wake()
-        for key, _ in self._selector.select(timeout):
-            if key.fd == self._wakeup_r:
-                with contextlib.suppress(BlockingIOError):
-                    while data := os.read(self._wakeup_r, 512):
-                        wake.signals.update(data)
-            elif key.fd == self._pidfd:
-                wake.deacon_exited = True
-                self._unwatch_deacon()
-        return wake
-
-    def _install_signals(self) -> None:
-        """Route TERM, INT, HUP, USR1 into the selector through a wakeup pipe."""
-        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._wakeup_r = r
-        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
-            signal.signal(sig, _note_signal)
-        self._selector.register(r, selectors.EVENT_READ)
-
-    def _maybe_hang(self) -> None:
-        """The test-only hang: blocks this thread while the switch file exists."""
-        path = self.env.get(HANG_SWITCH)
-        if path and os.path.exists(path):
-            logger.warning("fault switch %s: loop hangs now", HANG_SWITCH)
-            while os.path.exists(path):
-                time.sleep(0.5)
-
-    # -- work ----------------------------------------------------------------
+    # -- the heartbeat -------------------------------------------------------------
 
     def heartbeat(self, *, ready: bool = False) -> None:
-        """Ensure the deacon, poke it, process lifecycle requests, save state.json.
+        """Ensure every supervised agent, poke, process lifecycle requests, save state.json.
 
-        With *ready*, READY=1 goes out as soon as the deacon is ensured (the daemon
-        can work), before the slower poke.
+        With *ready*, READY=1 goes out as soon as the agents are ensured (the daemon
+        can work), before the slower pokes.
         """
         begun = self.clock()
-        self.next_heartbeat = begun + self.config.heartbeat_interval
-        panes = self.ensure_deacon()
+        self._schedule_heartbeat(begun + self.config.heartbeat_interval)
+        panes = self.ensure_agents()
         if ready:
             self.notifier.ready(self.status_text())
             logger.info(
-                "gtd ready: town %s, heartbeat every %gs, tmux %s",
+                "gtd ready: town %s, heartbeat every %gs, tmux %s, supervising %s",
                 self.config.town_root,
                 self.config.heartbeat_interval,
                 self.tmux.socket or "(default server)",
+                ", ".join(i.dash for i in self.supervisors),
             )
-        self.tick()
-        started = self.guard.started_at
+        self.loop.tick()
         if panes is None:
             logger.warning("tmux unavailable: no poke, lifecycle requests wait (none lost)")
-        elif started is not None and started >= begun:
-            logger.info("deacon started this heartbeat; first poke next heartbeat")
         else:
-            self.poke_deacon(panes)
-        self.tick()
-        if panes is not None:
+            for identity in self.config.supervise.poke:
+                self.poke(identity, panes, begun)
+                self.loop.tick()
             self.process_lifecycle()
         self.state.heartbeat_count += 1
         self.state.last_heartbeat = store.now_iso()
@@ -300,7 +291,13 @@ class Daemon:
             extra={"GTD_HEARTBEAT": self.state.heartbeat_count},
         )
 
-    def _list_panes(self) -> list[PaneInfo] | None:
+    def _schedule_heartbeat(self, when: float) -> None:
+        self.loop.at("heartbeat", when, self.heartbeat)
+
+    def _next_heartbeat(self) -> float:
+        return self.loop.timers.get("heartbeat", (self.clock(),))[0]
+
+    def list_panes(self) -> list[PaneInfo] | None:
         """One listing of every pane, or None when tmux is unavailable (logged, in STATUS).
 
         A server that is gone is started again through systemd.
@@ -314,71 +311,103 @@ class Daemon:
         except Stopping:
             raise
         except GtdError as err:
-            self.tmux_retry_at = self.clock() + self._tmux_backoff
+            self.loop.at("tmux", self.clock() + self._tmux_backoff, self._retry_tmux)
             logger.error(  # noqa: TRY400 - no traceback for an outage
                 "tmux unavailable: %s; retrying in %gs", err, self._tmux_backoff
             )
             self._tmux_backoff = min(self._tmux_backoff * 2, TMUX_RETRY_MAX)
-            self._problem = f"tmux unavailable: {err}"
+            self._tmux_down = True
+            self.problems["tmux"] = f"tmux unavailable: {err}"
             return None
-        if self.tmux_retry_at is not None:
+        if self._tmux_down:
             logger.info("tmux answers again")
-        self.tmux_retry_at = None
+        self.loop.at("tmux", None, self._retry_tmux)
+        self._tmux_down = False
         self._tmux_backoff = TMUX_RETRY_MIN
-        self._problem = ""
+        self.problems.pop("tmux", None)
+        self._panes = panes
         return panes
 
-    def ensure_deacon(self) -> list[PaneInfo] | None:
-        """Start the deacon if not alive and the crash-loop guard allows; return the panes.
+    def ensure_agents(self, only: t.Collection[Identity] | None = None) -> list[PaneInfo] | None:
+        """Let each supervisor (or those in *only*) ensure its agent from one listing.
 
-        None means tmux did not answer (logged; retried soon, see ``tmux_retry_at``).
+        Returns the listing (with started panes), or None when tmux did not answer
+        (logged; retried soon).
         """
-        panes = self._list_panes()
+        panes = self.list_panes()
         if panes is None:
             return None
-        view = agents.view(panes, DEACON, self.config)
-        self.guard, action = sv.step(self.guard, view.alive, self.clock(), self.policy)
-        if action is sv.Action.START:
-            if view.pane is not None:
-                logger.warning(
-                    "deacon not alive (pane %s: %s); restarting",
-                    view.pane.pane_id,
-                    "dead" if view.pane.dead else view.pane.current_command,
-                    extra={"GTD_IDENTITY": DEACON.dash},
-                )
+        for identity, sup in self.supervisors.items():
+            if only is not None and identity not in only:
+                continue
+            view = agents.view(panes, identity, self.config)
             try:
-                pane = agents.start_agent(
-                    self.tmux, DEACON, self.config, panes=panes, create_workdir=True
-                )
+                pane = sup.ensure(view, self._start)
             except (GtdError, OSError) as err:
-                logger.error(  # noqa: TRY400 - the message is the whole story
-                    "could not start the deacon: %s", err, extra={"GTD_IDENTITY": DEACON.dash}
-                )
-                self._unwatch_deacon()
-                return panes
-            self._watch_deacon(pane.pane_pid)
-            panes = [p for p in panes if p.pane_id != pane.pane_id] + [pane]
-        elif view.alive and view.pane is not None:
-            self._watch_deacon(view.pane.pane_pid)
-        elif self.guard.phase is sv.Phase.BACKOFF:
-            logger.warning(
-                "deacon %s",
-                sv.describe(self.guard, self.clock()),
-                extra={"GTD_IDENTITY": DEACON.dash, "GTD_STATE": "backoff"},
-            )
-        self.state.deacon = {
-            "phase": self.guard.phase.value,
-            "starts": self.guard.starts,
-            "quick_exits": len(self.guard.failures),
-            "pid": self.deacon_pid,
-        }
+                extra = {"GTD_IDENTITY": identity.dash}
+                if isinstance(err, CommandNotFound):
+                    extra |= {"GTD_COMMAND": err.command, "GTD_PATH": err.path}
+                    extra |= {"MESSAGE_ID": Event.COMMAND_NOT_FOUND.value}
+                logger.error("could not start %s: %s", identity.dash, err, extra=extra)  # noqa: TRY400
+                continue
+            if pane is not None:
+                panes = [p for p in panes if p.pane_id != pane.pane_id] + [pane]
+        self._panes = panes
         return panes
 
-    def poke_deacon(self, panes: t.Sequence[PaneInfo]) -> None:
-        """Type ``HEARTBEAT: <motd>`` into a deacon that has been up for a while."""
-        view = agents.view(panes, DEACON, self.config)
+    def _retry_tmux(self) -> None:
+        self.ensure_agents()
+
+    def _start(self, identity: Identity) -> PaneInfo:
+        """How a supervisor starts its agent: the agent command must be on the PATH."""
+        command = self.config.agent.argv[0]
+        if environment.which(command, self.path) is None:
+            self.problems["command"] = f"agent command {command!r} not found in PATH={self.path}"
+            raise CommandNotFound(command, self.path)
+        self.problems.pop("command", None)
+        return agents.start_agent(
+            self.tmux,
+            identity,
+            self.config,
+            panes=self._panes,
+            create_workdir=identity == DEACON,
+            path=self.path,
+        )
+
+    def _woken(self, sup: Supervisor) -> None:
+        """A supervisor's agent exited or its guard is due: look at it once this turn ends."""
+        self._due.add(sup.identity)
+        self.loop.at("due", self.clock(), self._ensure_due)
+
+    def _ensure_due(self) -> None:
+        due, self._due = self._due, set()
+        self.ensure_agents(only=due)
+
+    def _hold(self, identity: Identity) -> None:
+        if (sup := self.supervisors.get(identity)) is not None:
+            sup.hold()
+            self._held_changed = True
+
+    def _release(self, identity: Identity) -> None:
+        if (sup := self.supervisors.get(identity)) is not None:
+            sup.release()
+            self._held_changed = True
+
+    # -- pokes and requests ---------------------------------------------------------
+
+    def poke(self, identity: Identity, panes: t.Sequence[PaneInfo], begun: float) -> None:
+        """Type ``HEARTBEAT: <motd>`` into a poked agent that has been up for a while."""
+        sup = self.supervisors[identity]
+        fields: dict[str, object] = {"GTD_IDENTITY": identity.dash}
+        view = agents.view(panes, identity, self.config)
         if not view.alive or view.pane is None:
-            logger.info("deacon not alive; no poke this heartbeat")
+            logger.info("%s not alive; no poke this heartbeat", identity.dash, extra=fields)
+            return
+        started = sup.guard.started_at
+        if started is not None and started >= begun:
+            logger.info(
+                "%s started this heartbeat; first poke next heartbeat", identity.dash, extra=fields
+            )
             return
         messages = self.config.motd.effective
         index = sv.next_motd(len(messages), self.state.motd_index)
@@ -386,143 +415,68 @@ class Daemon:
         try:
             result = agents.poke(self.tmux, view.pane.pane_id, text)
         except TmuxError as err:
-            logger.error("poke failed: %s", err, extra={"GTD_IDENTITY": DEACON.dash})  # noqa: TRY400
+            logger.error("poke failed: %s", err, extra=fields)  # noqa: TRY400
             return
         self.state.motd_index = index
-        fields = {"GTD_IDENTITY": DEACON.dash, "GTD_ENTERS": result.enters}
+        fields |= {"GTD_ENTERS": result.enters}
         if not result.submitted:
-            logger.warning("poke to deacon not confirmed: %s", text, extra=fields)
+            logger.warning(
+                "poke to %s not confirmed: %s", identity.dash, text,
+                extra=fields | {"MESSAGE_ID": Event.POKE_NOT_DELIVERED.value},
+            )  # fmt: skip
         elif result.enters > 1:
             logger.warning(
-                "poked deacon: %s (agent swallowed %d Enter)", text, result.enters - 1, extra=fields
-            )
+                "poked %s: %s (agent swallowed %d Enter)", identity.dash, text,
+                result.enters - 1, extra=fields,
+            )  # fmt: skip
         else:
-            logger.info("poked deacon: %s", text, extra=fields)
+            logger.info("poked %s: %s", identity.dash, text, extra=fields)
         if result.restored:
             logger.info(
-                "put back %d characters a person had typed in the deacon's input line",
-                len(result.restored),
-                extra=fields,
-            )
+                "put back %d characters a person had typed in %s's input line",
+                len(result.restored), identity.dash, extra=fields,
+            )  # fmt: skip
+
+    def usr1(self) -> None:
+        """SIGUSR1: carry out lifecycle requests now."""
+        logger.info("SIGUSR1: processing lifecycle requests now")
+        if not self._tmux_down or self.list_panes() is not None:
+            self.process_lifecycle()
 
     def process_lifecycle(self) -> None:
         """Carry out pending lifecycle requests (a failure never stops the loop)."""
-        if self.lifecycle is None:
-            return
         try:
-            self.lifecycle.process(self.config, self.tmux, self.tick)
-        except (GtdError, OSError) as err:
-            logger.error("lifecycle processing failed: %s", err)  # noqa: TRY400
+            self.processor.process(self.loop.tick)
         except Exception:
-            # A bug in request handling must not take the deacon's supervisor down with it.
+            # A bug in request handling must not take the supervisors down with it.
             logger.exception("lifecycle processing crashed; requests stay queued")
+        if self._held_changed:  # a held agent must stay held across a daemon restart
+            self._held_changed = False
+            self._save_state()
 
-    def reload(self) -> None:
-        """Re-read the config; a bad one keeps the old running and says why."""
-        self.notifier.reloading()
-        if self.config_path is None:
-            self.notifier.ready(self.status_text())
-            return
-        try:
-            new = read_config(
-                self.config_path, explicit=self.explicit, env=self.env, home=_home(self.env)
-            )
-        except ConfigError as err:
-            logger.error("reload refused, still running on the previous config: %s", err)  # noqa: TRY400
-            self._note = f"reload failed ({err}); running on previous config"
-            self.notifier.ready(self.status_text())
-            return
-        moved = new.tmux.socket != self.config.tmux.socket
-        if moved:
-            # Agents on the old server are left alone; the deacon is ensured on the new one.
-            self.tmux = self._make_tmux(new.tmux.socket)
-            self._unwatch_deacon()
-            self.guard = sv.Guard()
-        self.config = new
-        self._note = ""
-        logger.info("config reloaded from %s", self.config_path)
-        if moved:
-            self.ensure_deacon()
-        self.next_heartbeat = min(
-            self.next_heartbeat, self.clock() + self.config.heartbeat_interval
-        )
-        self.notifier.ready(self.status_text())
-
-    def _make_tmux(self, socket: str) -> Tmux:
-        """A tmux client whose timeout fits well inside the watchdog period."""
-        interval = self.notifier.watchdog_interval
-        timeout = DEFAULT_TIMEOUT if interval is None else min(DEFAULT_TIMEOUT, interval / 3)
-        return Tmux(socket, timeout=max(timeout, 0.5))
-
-    # -- deacon pidfd --------------------------------------------------------
-
-    def _watch_deacon(self, pid: int) -> None:
-        """Wake the loop the moment *pid* exits (pidfd: no polling, no child needed)."""
-        if pid == self.deacon_pid and self._pidfd is not None:
-            return
-        self._unwatch_deacon()
-        try:
-            fd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            # Gone before it could be watched (an agent that dies at once): that is
-            # an exit too, handled on the next turn of the loop, not at startsecs.
-            self.deacon_pid = None
-            self._deacon_gone = True
-            return
-        self._pidfd = fd
-        self.deacon_pid = pid
-        self._selector.register(fd, selectors.EVENT_READ)
-
-    def _unwatch_deacon(self) -> None:
-        if self._pidfd is not None:
-            self._selector.unregister(self._pidfd)
-            os.close(self._pidfd)
-            self._pidfd = None
-        self.deacon_pid = None
-
-    # -- reporting -----------------------------------------------------------
+    # -- reporting -----------------------------------------------------------------
 
     def status_text(self) -> str:
-        """The STATUS= line: deacon, heartbeats, any problem."""
-        deacon = sv.describe(self.guard, self.clock())
-        if self.deacon_pid is not None and self.guard.phase in (
-            sv.Phase.RUNNING,
-            sv.Phase.STARTING,
-        ):
-            deacon = f"{deacon} (pid {self.deacon_pid})"
-        last = self.state.last_heartbeat
-        when = ""
+        """The STATUS= line: each agent, heartbeats, any problem."""
+        parts = [f"{i.dash} {sup.describe()}" for i, sup in self.supervisors.items()]
+        last, when = self.state.last_heartbeat, ""
         if last:
             with contextlib.suppress(ValueError):
                 when = f" at {datetime.datetime.fromisoformat(last).strftime('%H:%M:%S')}"
-        text = f"deacon {deacon}; heartbeat #{self.state.heartbeat_count}{when}"
-        for note in (self._problem, self._disk, self._note):
-            if note:
+        text = f"{', '.join(parts) or 'no agents'}; heartbeat #{self.state.heartbeat_count}{when}"
+        for topic in ("tmux", "command", "disk", "reload"):
+            if note := self.problems.get(topic):
                 text = f"{text}; {note}"
         return text
 
     def _save_state(self) -> None:
         """Write state.json; a failure (disk full) keeps the old file and shows in STATUS."""
+        self.state.agents = {i.dash: sup.record() for i, sup in self.supervisors.items()}
         path = store.state_path(self.config.town_root)
         try:
             store.save_daemon_state(self.config.town_root, self.state)
         except OSError as err:
             logger.error("cannot write %s: %s", path, err.strerror or err)  # noqa: TRY400
-            self._disk = f"cannot write state.json: {err.strerror or err}"
+            self.problems["disk"] = f"cannot write state.json: {err.strerror or err}"
         else:
-            self._disk = ""
-
-
-_STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
-_stop_requested = False
-
-
-def _note_signal(signum: int, frame: object) -> None:
-    """Record stop requests; the wakeup fd carries every signal to the loop."""
-    global _stop_requested  # a signal handler has nowhere else to write
-    if signum in _STOP_SIGNALS:
-        _stop_requested = True
-
-
-def _home(env: t.Mapping[str, str]) -> pathlib.Path:
-    return pathlib.Path(env.get("HOME") or pathlib.Path.home())
+            self.problems.pop("disk", None)

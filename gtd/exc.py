@@ -73,3 +73,28 @@ class SystemdError(GtdError):
 
 class StateError(GtdError):
     """A state file could not be read or written."""
+
+
+class SpoolError(GtdError):
+    """The lifecycle spool cannot be used (not a directory, not trusted); nothing was changed."""
+
+
+class WorkdirMissing(GtdError):
+    """An agent's working directory does not exist (and gtd was not asked to create it)."""
+
+
+class Stopping(GtdError):
+    """A stop was requested while the daemon waited inside a step."""
+
+
+class MailError(GtdError):
+    """``gt mail`` failed or timed out; the request is kept and the step retried."""
+
+
+class CommandNotFound(GtdError):
+    """A command gtd must run is not in the PATH it searches; names both."""
+
+    def __init__(self, command: str, path: str) -> None:
+        self.command = command
+        self.path = path
+        super().__init__(f"{command!r} not found in PATH={path}")

@@ -1,10 +1,11 @@
 """Upstream's ``gt mail`` source of lifecycle requests: read the inbox, delete after success.
 
 The deacon's inbox (``gt mail inbox --identity deacon/ --json``) holds mail whose
-subject starts with ``LIFECYCLE:``; :func:`mail_record` turns each into a spool
-record that :mod:`gtd.lifecycle` imports and carries out, and :meth:`MailSource.delete`
-removes the mail once the request succeeded. A missing, failing or hanging ``gt``
-is logged and skipped; it never blocks the spool. Pure parsing comes first.
+subject starts with ``LIFECYCLE:``; :func:`mail_request` turns each into a
+:class:`~gtd.request.Request` that :mod:`gtd.lifecycle` carries out, and
+:meth:`MailSource.done` deletes the mail once it succeeded. A missing, failing or
+hanging ``gt`` is logged and skipped; it never blocks other requests. Pure parsing
+comes first.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import shutil
 import typing as t
 
 from gtd import proc
-from gtd.exc import GtdError
+from gtd.exc import IdentityError, MailError
+from gtd.identities import parse_identity
+from gtd.request import MAIL_ID, Refused, Request, parse_action
 
 if t.TYPE_CHECKING:
     import pathlib
@@ -25,16 +28,9 @@ if t.TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAIL_TIMEOUT = 30.0
-MAIL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
-"""Mail ids gtd passes to ``gt mail delete``: no leading ``-``, nothing a shell would read."""
 _JSON_ACTIONS = ("restart", "shutdown", "stop", "cycle")
 _WORDS = {"restart": "restart", "shutdown": "shutdown", "stop": "shutdown", "cycle": "cycle"}
 _WORDS |= {f"action: {a}": a for a in ("restart", "shutdown", "cycle")}
-Record: t.TypeAlias = dict[str, t.Any]
-
-
-class DeleteFailed(GtdError):
-    """``gt mail delete`` failed; the request is kept and the delete retried."""
 
 
 # -- pure ----------------------------------------------------------------------
@@ -57,7 +53,7 @@ def body_action(body: str) -> str | None:
     return value.lower() if isinstance(value, str) and value.lower() in _JSON_ACTIONS else None
 
 
-def parse_inbox(stdout: str) -> list[Record]:
+def parse_inbox(stdout: str) -> list[dict[str, t.Any]]:
     """The messages in ``gt mail inbox --json`` output. Raises ValueError if not a JSON list."""
     try:
         data = json.loads(stdout) if stdout.strip() else []
@@ -70,11 +66,12 @@ def parse_inbox(stdout: str) -> list[Record]:
     return [m for m in data if isinstance(m, dict)]
 
 
-def mail_record(msg: t.Mapping[str, t.Any], now: str) -> Record | None:
-    """The spool record of a lifecycle mail; None for other mail and mail already read.
+def mail_request(msg: t.Mapping[str, t.Any], now: str) -> Request | Refused | None:
+    """The request a lifecycle mail carries; None for other mail and mail already read.
 
-    The id is ``mail-<mail id>`` (cleaned, plus a hash if cleaning changed it). An
-    unparseable body gives a record with a ``problem``, so it fails visibly.
+    The id is ``mail-<mail id>`` (cleaned, plus a hash if cleaning changed it). A
+    body or sender that is no request gives a :class:`~gtd.request.Refused`, so it
+    fails visibly and its mail is deleted.
 
     Raises
     ------
@@ -92,50 +89,61 @@ def mail_record(msg: t.Mapping[str, t.Any], now: str) -> Record | None:
     clean = re.sub(r"[^A-Za-z0-9_-]", "_", mail_id)[:80]
     if clean != mail_id:
         clean += "-" + hashlib.sha256(mail_id.encode()).hexdigest()[:8]
-    sender = sender if isinstance(sender, str) else ""
-    rec: Record = {"id": f"mail-{clean}", "identity": sender, "action": "", "created_at": now}
-    rec |= {"from": sender, "mail_id": mail_id}
-    if (action := body_action(body) if isinstance(body, str) else None) is None:
-        rec["problem"] = f"unparseable lifecycle mail body {str(body)[:200]!r}"
-    else:
-        rec["action"] = action
-    return rec
+    rid, sender = f"mail-{clean}", sender if isinstance(sender, str) else ""
+    action = body_action(body) if isinstance(body, str) else None
+    if action is None:
+        reason = f"unparseable lifecycle mail body {str(body)[:200]!r}"
+        return Refused(rid, reason, sender, "mail", mail_id)
+    try:
+        identity = parse_identity(sender)
+    except IdentityError as err:
+        return Refused(rid, str(err), sender, "mail", mail_id)
+    return Request(rid, identity, parse_action(action), now, sender, "mail", mail_id, action)
 
 
 # -- gt --------------------------------------------------------------------------
 
 
 class MailSource:
-    """``gt mail`` for the daemon; one instance lives as long as the daemon.
+    """``gt mail`` as a request source; one instance per configured ``gt`` command.
 
-    :meth:`requests` starts a pass (it lists the inbox); :meth:`delete` in the same
-    pass skips mail that listing no longer showed. A missing ``gt`` is warned about
-    once, not every heartbeat.
+    :meth:`collect` lists the inbox; :meth:`done` deletes a request's mail unless
+    the last listing no longer showed it (deleted before a crash). A missing ``gt``
+    is warned about once, not every heartbeat.
+
+    Parameters
+    ----------
+    argv
+        The ``gt`` command; empty turns the source off.
+    cwd
+        Where ``gt`` runs (the town root).
+    env
+        Its environment (no agent identity, ``BD_ACTOR=daemon``).
     """
 
-    def __init__(self) -> None:
+    name = "mail"
+
+    def __init__(self, argv: t.Sequence[str], cwd: pathlib.Path, env: t.Mapping[str, str]) -> None:
+        self.argv = tuple(argv)
+        self.cwd = cwd
+        self.env = dict(env)
         self.gt_missing = False
-        self.argv: tuple[str, ...] = ()
-        self.cwd: pathlib.Path | None = None
-        self.env: dict[str, str] = {}
         self.listed: set[str] | None = None
 
     def run(self, *args: str) -> proc.Result:
         """Run ``gt ARGS`` bounded by :data:`MAIL_TIMEOUT`; raises OSError or proc.Timeout."""
         return proc.run((*self.argv, *args), timeout=MAIL_TIMEOUT, cwd=self.cwd, env=self.env)
 
-    def requests(
-        self, argv: t.Sequence[str], cwd: pathlib.Path, env: t.Mapping[str, str], now: str
-    ) -> list[Record]:
-        """Spool records of the unread lifecycle mail; [] when gt is off, missing or failing.
+    def collect(self, now: str) -> list[Request | Refused]:
+        """The unread lifecycle mail; [] when gt is off, missing or failing.
 
         Failures are logged (a warning), never raised. Mail with an id unfit for
         ``gt`` is logged and left out.
         """
-        self.argv, self.cwd, self.env, self.listed = tuple(argv), cwd, dict(env), None
+        self.listed = None
         if not self.argv:
             return []
-        if shutil.which(self.argv[0]) is None:
+        if shutil.which(self.argv[0], path=self.env.get("PATH")) is None:
             level = logging.DEBUG if self.gt_missing else logging.WARNING
             logger.log(level, "gt mail source skipped: %r not found", self.argv[0])
             self.gt_missing = True
@@ -151,25 +159,24 @@ class MailSource:
             logger.warning("gt mail inbox failed; mail skipped this pass: %s", problem)
             return []
         self.listed = {m["id"] for m in messages if isinstance(m.get("id"), str)}
-        records = []
+        found: list[Request | Refused] = []
         for message in messages:
             try:
-                if (rec := mail_record(message, now)) is not None:
-                    records.append(rec)
+                if (got := mail_request(message, now)) is not None:
+                    found.append(got)
             except ValueError as err:
                 logger.warning("lifecycle mail not imported: %s", err)
-        return records
+        return found
 
-    def delete(self, rec: t.Mapping[str, t.Any]) -> None:
-        """Delete the request's mail if it has one that is still there.
+    def done(self, mail_id: str | None) -> None:
+        """Delete a finished request's mail if it has one that is still there.
 
         Raises
         ------
-        DeleteFailed
+        MailError
             ``gt mail delete`` failed or timed out (worth retrying).
         """
-        mail_id = rec.get("mail_id")
-        if not isinstance(mail_id, str) or not MAIL_ID.fullmatch(mail_id):
+        if mail_id is None or not MAIL_ID.fullmatch(mail_id):
             return
         if self.listed is not None and mail_id not in self.listed:
             return  # already gone (a crash after the delete)
@@ -183,4 +190,4 @@ class MailSource:
             res, problem = None, str(err)
         if res is None or res.returncode != 0:
             msg = f"gt mail delete {mail_id}: {problem}"
-            raise DeleteFailed(msg)
+            raise MailError(msg)

@@ -37,6 +37,23 @@ def atomic_write(path: pathlib.Path, data: bytes, *, mode: int = 0o644) -> None:
     OSError
         Whatever the write, fsync or rename raised; without a file name it gets *path*.
     """
+    write_new(path, data, mode=mode, replace=True)
+
+
+def write_new(path: pathlib.Path, data: bytes, *, mode: int = 0o644, replace: bool) -> None:
+    """Write *data* to *path* whole (temp file, fsync, rename or link, fsync the directory).
+
+    With *replace* false an existing name (a dangling symlink included) is never
+    replaced, even one created meanwhile: the file is linked into place, which fails
+    where a rename would clobber.
+
+    Raises
+    ------
+    FileExistsError
+        *replace* is false and *path* exists.
+    OSError
+        Whatever the write, fsync or rename raised; without a file name it gets *path*.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -44,14 +61,23 @@ def atomic_write(path: pathlib.Path, data: bytes, *, mode: int = 0o644) -> None:
             f.flush()
             os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+            os.unlink(tmp)
     except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(err, OSError) and err.filename is None:
             err.filename = str(path)  # "No space left on device" alone does not say where
         raise
-    dirfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: pathlib.Path) -> None:
+    """Make a rename or link in *directory* durable."""
+    dirfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dirfd)
     finally:
@@ -112,6 +138,11 @@ def now_iso() -> str:
     return datetime.datetime.now(datetime.UTC).astimezone().isoformat()
 
 
+def iso(timestamp: float) -> str:
+    """A Unix time as :func:`now_iso` writes it."""
+    return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).astimezone().isoformat()
+
+
 @dataclasses.dataclass(slots=True)
 class DaemonState:
     """``<town>/daemon/state.json``: what ``gtd status`` and upstream's ``gt`` read."""
@@ -122,7 +153,8 @@ class DaemonState:
     last_heartbeat: str = ""
     heartbeat_count: int = 0
     motd_index: int = -1
-    deacon: dict[str, t.Any] = dataclasses.field(default_factory=dict)
+    agents: dict[str, t.Any] = dataclasses.field(default_factory=dict)
+    """Each supervised agent's record by identity (:meth:`gtd.supervisor.Supervisor.record`)."""
 
     def to_json(self) -> dict[str, t.Any]:
         """Upstream's keys first, then gtd's."""

@@ -10,21 +10,24 @@ import pytest
 from gtd import actions
 from gtd.exc import RequestError
 from gtd.identities import MAYOR, parse_identity
+from gtd.request import Action
+
+CYCLE, SHUTDOWN = Action.CYCLE, Action.SHUTDOWN
 
 
 def test_flag_guard_and_clear_keep_other_keys(tmp_path: pathlib.Path) -> None:
     """set_request_flag → check_flag passes → clear_flag removes only the flag and its time."""
     town = tmp_path / "town"
-    path = actions.set_request_flag(town, "gastown/witness", "cycle")
+    path = actions.set_request_flag(town, parse_identity("gastown/witness"), CYCLE)
     state = json.loads(path.read_text())
     path.write_text(json.dumps(state | {"mood": "ok"}))
     ident = parse_identity("gastown-witness")
-    actions.check_flag(town, ident, "cycle")
-    assert actions.clear_flag(town, ident, "cycle")
+    actions.check_flag(town, ident, CYCLE)
+    assert actions.clear_flag(town, ident, CYCLE)
     assert {"mood": "ok"} == json.loads(path.read_text())
     with pytest.raises(RequestError, match="requesting_cycle is not true"):
-        actions.check_flag(town, ident, "cycle")
-    assert not actions.clear_flag(town, ident, "cycle")
+        actions.check_flag(town, ident, CYCLE)
+    assert not actions.clear_flag(town, ident, CYCLE)
 
 
 def test_a_state_file_behind_a_link_out_of_the_town_is_not_touched(
@@ -39,9 +42,9 @@ def test_a_state_file_behind_a_link_out_of_the_town_is_not_touched(
     (town / "mayor").symlink_to(outside)
     before = secret.read_bytes()
     for call in (
-        lambda: actions.check_flag(town, MAYOR, "shutdown"),
-        lambda: actions.clear_flag(town, MAYOR, "shutdown"),
-        lambda: actions.set_request_flag(town, "mayor", "shutdown"),
+        lambda: actions.check_flag(town, MAYOR, SHUTDOWN),
+        lambda: actions.clear_flag(town, MAYOR, SHUTDOWN),
+        lambda: actions.set_request_flag(town, MAYOR, SHUTDOWN),
     ):
         with pytest.raises(RequestError, match="resolves outside the town"):
             call()

@@ -11,6 +11,8 @@ import pytest
 
 from gtd import agents
 from gtd.config import AgentConfig, Config, TmuxConfig
+from gtd.environment import IDENTITY_VARS
+from gtd.exc import WorkdirMissing
 from gtd.identities import DEACON, parse_identity
 from gtd.tmux import Tmux
 from tests.conftest import FakeAgent, TmuxServer, proc_comm, proc_environ
@@ -61,7 +63,7 @@ def test_agent_environment_in_proc_environ(
     pane = agents.start_agent(Tmux(tmux_server.socket), ident, config)
     assert retry_until(lambda: proc_comm(pane.pane_pid) == "node", 5)
     env = proc_environ(pane.pane_pid)
-    got = {k: env[k] for k in (*agents.IDENTITY_VARS, "GT_REFINERY") if k in env}
+    got = {k: env[k] for k in (*IDENTITY_VARS, "GT_REFINERY") if k in env}
     assert expected == got
     assert pathlib.Path(f"/proc/{pane.pane_pid}/cwd").resolve() == ident.workdir(town).resolve()
 
@@ -72,7 +74,7 @@ def test_missing_workdir_is_an_error_not_a_session(
     """A rig agent whose workdir is missing is refused; nothing is created."""
     config = make_config(tmp_path / "town", fake_agent, tmux_server)
     tmux = Tmux(tmux_server.socket)
-    with pytest.raises(agents.WorkdirMissing, match="gastown-witness"):
+    with pytest.raises(WorkdirMissing, match="gastown-witness"):
         agents.start_agent(tmux, parse_identity("gastown-witness"), config)
     assert tmux.list_panes() == []
 
@@ -118,7 +120,7 @@ def test_not_alive_when_another_command_runs(
     tmux_server: TmuxServer, tmp_path: pathlib.Path
 ) -> None:
     """A session whose pane runs a shell (upstream's agent exited) is not alive."""
-    tmux_server.cmd("new-session", "-d", "-s", "gt-deacon", "sleep 600")
+    tmux_server.cmd("new-session", "-d", "-s", "gt-deacon", "/bin/sh")
     config = Config(town_root=tmp_path, tmux=TmuxConfig(socket=tmux_server.socket))
     tmux = Tmux(tmux_server.socket)
     assert retry_until(lambda: agents.view(tmux.list_panes(), DEACON, config).pane is not None, 5)

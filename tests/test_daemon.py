@@ -222,15 +222,22 @@ def test_usr1_wakes_the_loop_at_once(gtd: Gtd) -> None:
 def test_usr1_carries_out_a_queued_request(gtd: Gtd) -> None:
     """`gtd run` wires lifecycle processing: a spooled cycle runs on USR1, not at the heartbeat."""
     from gtd import actions, lifecycle
+    from gtd.identities import DEACON
+    from gtd.request import Action
+    from gtd.spool import Spool
 
     gtd.start()
     assert retry_until(lambda: gtd.notify.has("READY=1"), 10), gtd.log()
     old = gtd.deacon_pid()
-    actions.set_request_flag(gtd.town, "deacon", "cycle")
-    lifecycle.enqueue(gtd.town, "deacon", "cycle", sender="test")
+    actions.set_request_flag(gtd.town, DEACON, Action.CYCLE)
+    lifecycle.submit(Spool(gtd.town), DEACON, Action.CYCLE, sender="test")
     gtd.signal(signal.SIGUSR1)
-    assert retry_until(lambda: gtd.deacon_pid() not in (None, old), 5), gtd.log()
-    assert [] == lifecycle.pending(gtd.town)
+
+    def cycled_and_done() -> bool:
+        return gtd.deacon_pid() not in (None, old) and not Spool(gtd.town).pending()
+
+    assert retry_until(cycled_and_done, 5), (gtd.deacon_pid(), Spool(gtd.town).pending(), gtd.log())
+    assert [] == Spool(gtd.town).pending()
 
 
 def watchdog_gaps(notify: NotifySocket, stamps: list[float], seen: list[int]) -> list[float]:

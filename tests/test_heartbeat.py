@@ -63,7 +63,7 @@ def test_upstream_shell_session_gets_the_agent(
     tmp_path: pathlib.Path, tmux_server: TmuxServer, fake_agent: FakeAgent
 ) -> None:
     """A gt-deacon session whose pane runs something else (a shell) gets the agent respawned."""
-    tmux_server.cmd("new-session", "-d", "-s", "gt-deacon", "sleep 600")
+    tmux_server.cmd("new-session", "-d", "-s", "gt-deacon", "/bin/sh")
     daemon = make_daemon(tmp_path, tmux_server, fake_agent)
     daemon.prepare()
     daemon.heartbeat()

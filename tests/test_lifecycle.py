@@ -21,11 +21,16 @@ import typing as t
 
 import pytest
 
-from gtd import actions, agents, lifecycle, store
+from gtd import actions, agents, environment, lifecycle, store
+from gtd import spool as spools
+from gtd.actions import AgentActor
 from gtd.config import AgentConfig, Config, LifecycleConfig, TmuxConfig
 from gtd.exc import GtdError, IdentityError, RequestError
 from gtd.identities import Identity, parse_identity
-from gtd.lifecycle import Lifecycle
+from gtd.lifecycle import Processor, SpoolSource
+from gtd.mail import MailSource
+from gtd.request import file_id, from_record, new_id, parse_action
+from gtd.spool import Spool, spool_dir
 from gtd.tmux import Tmux
 from tests.conftest import HAVE_TMUX, FakeAgent, TmuxServer, proc_comm, proc_environ
 from tests.sandbox import retry_until
@@ -54,17 +59,40 @@ def set_flag(town: pathlib.Path, identity: str, action: str, **other: t.Any) -> 
     """An agent asking, as upstream agents do: its state file with the flag and a time."""
     path = parse_identity(identity).state_file(town)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {actions.flag_key(action): True, "requesting_time": "2025-01-01T00:00:00Z"}
+    state = {parse_action(action).flag: True, "requesting_time": "2025-01-01T00:00:00Z"}
     path.write_text(json.dumps(state | other))
     return path
 
 
-def run(lc: Lifecycle, config: Config, tick: t.Callable[[], None] = lambda: None) -> None:
-    lc.process(config, Tmux(config.tmux.socket), tick)
+def processor(config: Config) -> Processor:
+    """Request processing as ``gtd run`` wires it: the spool, ``gt mail``, agents in tmux."""
+    env = environment.helper_env(os.environ, os.environ.get("PATH", ""))
+    town = config.town_root
+    sources = (SpoolSource(), MailSource(config.lifecycle.argv, town, env))
+    return Processor(Spool(town), sources, AgentActor(config, Tmux(config.tmux.socket), env))
+
+
+def run(lc: Processor | None, config: Config, tick: t.Callable[[], None] = lambda: None) -> None:
+    """One pass, with *lc* (kept across passes) or a fresh processor."""
+    (lc or processor(config)).process(tick)
+
+
+def enqueue(town: pathlib.Path, identity: str, action: str, *, sender: str) -> str:
+    """``gtd request`` without the CLI: parse at the edge, queue, return the id."""
+    ident, act = parse_identity(identity), parse_action(action)
+    return lifecycle.submit(Spool(town), ident, act, sender=sender, word=action).id
+
+
+def pending(town: pathlib.Path) -> list[str]:
+    return Spool(town).pending()
+
+
+def failed(town: pathlib.Path) -> list[dict[str, t.Any]]:
+    return Spool(town).failed()
 
 
 def names(town: pathlib.Path, sub: str) -> list[str]:
-    return sorted(os.listdir(lifecycle.spool_dir(town) / sub))
+    return sorted(os.listdir(spool_dir(town) / sub))
 
 
 def field(record: logging.LogRecord, name: str) -> str:
@@ -99,7 +127,7 @@ def agent_pid(config: Config, identity: Identity) -> int:
 )  # fmt: skip
 def test_flag_key_maps_stop_to_shutdown(action: str, flag: str) -> None:
     """``stop`` is an alias of ``shutdown``; actions are case-insensitive."""
-    assert flag == actions.flag_key(action)
+    assert flag == parse_action(action).flag
 
 
 class RecordCase(t.NamedTuple):
@@ -127,13 +155,13 @@ def test_check_record_names_the_problem(case: RecordCase) -> None:
     """Every defect of a record is a RequestError that says what is wrong."""
     rec = {k: v for k, v in (GOOD | case.change).items() if v is not None}
     with pytest.raises(RequestError, match=case.problem.replace("(", r"\(").replace(")", r"\)")):
-        lifecycle.check_record(rec, RID)
+        from_record(rec, RID)
 
 
 def test_check_record_accepts_slash_forms() -> None:
     """A good record gives its identity and lower-case action."""
-    ident, action = lifecycle.check_record(GOOD | {"identity": "gastown/crew/max"}, RID)
-    assert ("gastown-crew-max", "cycle") == (ident.dash, action)
+    request = from_record(GOOD | {"identity": "gastown/crew/max"}, RID)
+    assert ("gastown-crew-max", "cycle") == (request.identity.dash, request.action.value)
 
 
 # -- the spool -------------------------------------------------------------------
@@ -141,24 +169,24 @@ def test_check_record_accepts_slash_forms() -> None:
 
 def test_enqueue_writes_a_whole_request(town: pathlib.Path) -> None:
     """``new/<id>.json`` holds exactly the five fields; dirs are 0700, tmp/ is left empty."""
-    rid = lifecycle.enqueue(town, "gastown/witness", "Cycle", sender="max")
-    root = lifecycle.spool_dir(town)
+    rid = enqueue(town, "gastown/witness", "Cycle", sender="max")
+    root = spool_dir(town)
     rec = json.loads((root / "new" / f"{rid}.json").read_text())
     assert {"id", "identity", "action", "created_at", "from"} == rec.keys()
     assert (rid, "gastown-witness", "cycle", "max") == (
         rec["id"], rec["identity"], rec["action"], rec["from"]
     )  # fmt: skip
-    assert lifecycle.file_id(f"{rid}.json") == rid
+    assert file_id(f"{rid}.json") == rid
     assert [] == names(town, "tmp")
-    for sub in ("", *lifecycle.SUBDIRS):
+    for sub in ("", *spools.SUBDIRS):
         assert 0o700 == stat.S_IMODE((root / sub).stat().st_mode)
-    assert [rid] == lifecycle.pending(town)
+    assert [rid] == pending(town)
 
 
 def test_enqueue_ids_sort_fifo(town: pathlib.Path) -> None:
     """Ids sort in the order the requests were queued."""
-    ids = [lifecycle.enqueue(town, "mayor", "stop", sender="t") for _ in range(20)]
-    assert ids == sorted(ids) == lifecycle.pending(town)
+    ids = [enqueue(town, "mayor", "stop", sender="t") for _ in range(20)]
+    assert ids == sorted(ids) == pending(town)
 
 
 @pytest.mark.parametrize(
@@ -171,18 +199,18 @@ def test_enqueue_refuses_bad_input(
 ) -> None:
     """Invalid identities and actions raise a clear GtdError and write nothing."""
     with pytest.raises(error, match=text):
-        lifecycle.enqueue(town, identity, action, sender="t")
-    assert not lifecycle.spool_dir(town).exists()
+        enqueue(town, identity, action, sender="t")
+    assert not spool_dir(town).exists()
 
 
 def test_set_request_flag_keeps_other_keys(town: pathlib.Path) -> None:
     """``--force`` sets the flag and a time, creating the file or keeping what is there."""
-    path = actions.set_request_flag(town, "gastown-crew-max", "stop")
+    path = actions.set_request_flag(town, parse_identity("gastown-crew-max"), parse_action("stop"))
     first = json.loads(path.read_text())
     assert first["requesting_shutdown"] is True
     assert "requesting_time" in first
     path.write_text(json.dumps({"mood": "ok", "requesting_cycle": False}))
-    actions.set_request_flag(town, "gastown/crew/max", "cycle")
+    actions.set_request_flag(town, parse_identity("gastown/crew/max"), parse_action("cycle"))
     state = json.loads(path.read_text())
     assert {"mood": "ok", "requesting_cycle": True} == {
         k: state[k] for k in ("mood", "requesting_cycle")
@@ -202,8 +230,8 @@ def test_shutdown_kills_the_agent_and_clears_the_flag(
     ident.workdir(town).mkdir(parents=True)
     agents.start_agent(Tmux(tmux_server.socket), ident, config)
     state = set_flag(town, "gastown-witness", "shutdown", mood="tired")
-    rid = lifecycle.enqueue(town, "gastown-witness", "shutdown", sender="test")
-    run(Lifecycle(), config)
+    rid = enqueue(town, "gastown-witness", "shutdown", sender="test")
+    run(None, config)
     assert [] == Tmux(tmux_server.socket).list_panes()
     assert {"mood": "tired"} == json.loads(state.read_text())
     assert [rid] == outcomes(logs, "done")
@@ -247,16 +275,16 @@ def test_restart_gives_every_identity_its_environment(
     ident.workdir(town).mkdir(parents=True, exist_ok=True)
     before = agents.start_agent(Tmux(tmux_server.socket), ident, config).pane_pid
     set_flag(town, identity, action)
-    lifecycle.enqueue(town, identity, action, sender="test")
-    run(Lifecycle(), config)
+    enqueue(town, identity, action, sender="test")
+    run(None, config)
     pid = agent_pid(config, ident)
     assert pid != before
     assert retry_until(lambda: proc_comm(pid) == "node", 5)
     env = proc_environ(pid)
-    assert expected == {k: env[k] for k in (*agents.IDENTITY_VARS, "GT_REFINERY") if k in env}
+    assert expected == {k: env[k] for k in (*environment.IDENTITY_VARS, "GT_REFINERY") if k in env}
     assert pathlib.Path(f"/proc/{pid}/cwd").resolve() == ident.workdir(town).resolve()
-    assert actions.flag_key(action) not in json.loads(ident.state_file(town).read_text())
-    assert ([], []) == (lifecycle.pending(town), lifecycle.failed(town))
+    assert parse_action(action).flag not in json.loads(ident.state_file(town).read_text())
+    assert ([], []) == (pending(town), failed(town))
 
 
 @needs_tmux
@@ -271,8 +299,8 @@ def test_cycle_keeps_a_persons_pane(
     tmux_server.cmd("split-window", "-d", "-t", first.pane_id, "sleep 600")
     person = next(p for p in Tmux(tmux_server.socket).list_panes() if p.pane_id != first.pane_id)
     set_flag(town, "gastown-witness", "cycle")
-    lifecycle.enqueue(town, "gastown-witness", "cycle", sender="test")
-    run(Lifecycle(), config)
+    enqueue(town, "gastown-witness", "cycle", sender="test")
+    run(None, config)
     panes = {p.pane_id: p for p in Tmux(tmux_server.socket).list_panes()}
     assert panes[person.pane_id].pane_pid == person.pane_pid
     assert panes[first.pane_id].pane_pid != first.pane_pid
@@ -327,8 +355,8 @@ def test_presync_pulls_new_commits_before_the_restart(
 
     config = make_config(town, fake_agent, tmux_server.socket)
     set_flag(town, "gastown-refinery", "cycle")
-    lifecycle.enqueue(town, "gastown-refinery", "cycle", sender="test")
-    run(Lifecycle(), config)
+    enqueue(town, "gastown-refinery", "cycle", sender="test")
+    run(None, config)
 
     assert new_head == git(workdir, "rev-parse", "HEAD")
     assert "two\n" == (workdir / "README").read_text()
@@ -357,10 +385,10 @@ def test_a_hung_presync_step_is_killed_and_the_restart_goes_on(
     git(workdir, "remote", "add", "origin", "ext::sleep 600")  # a remote that hangs
     config = make_config(town, fake_agent, tmux_server.socket)
     set_flag(town, "gastown-crew-max", "restart")
-    lifecycle.enqueue(town, "gastown-crew-max", "restart", sender="test")
+    enqueue(town, "gastown-crew-max", "restart", sender="test")
     ticks: list[float] = []
     begun = time.monotonic()
-    run(Lifecycle(), config, lambda: ticks.append(time.monotonic()))
+    run(None, config, lambda: ticks.append(time.monotonic()))
     assert time.monotonic() - begun < 15
     assert retry_until(lambda: starts(fake_agent) == 1, 5)
     timeouts = [r for r in logs.records if "no answer within 1s" in r.getMessage()]
@@ -368,7 +396,7 @@ def test_a_hung_presync_step_is_killed_and_the_restart_goes_on(
         field(r, "GTD_STEP") for r in timeouts
     ]
     assert len(ticks) >= 4  # between the requests and the pre-sync steps
-    assert [] == lifecycle.failed(town)
+    assert [] == failed(town)
 
 
 # -- never lost, never twice -----------------------------------------------------
@@ -388,22 +416,22 @@ def test_a_thousand_requests_each_run_exactly_once(
     identities = [f"r-crew-n{i}" for i in range(1000)]
     for ident in identities:
         set_flag(town, ident, "shutdown")
-    ids = [lifecycle.enqueue(town, ident, "shutdown", sender="t") for ident in identities]
-    lc, calls, crashes = Lifecycle(), [0], 0
+    ids = [enqueue(town, ident, "shutdown", sender="t") for ident in identities]
+    lc, calls, crashes = processor(config), [0], 0
 
     def tick() -> None:
         calls[0] += 1
         if calls[0] % 150 == 0:
             raise KeyboardInterrupt
 
-    while lifecycle.pending(town):
+    while pending(town):
         try:
             run(lc, config, tick)
         except KeyboardInterrupt:
             crashes += 1
     assert crashes >= 6
     assert ids == outcomes(logs, "done")
-    assert ([], []) == (outcomes(logs, "failed"), lifecycle.failed(town))
+    assert ([], []) == (outcomes(logs, "failed"), failed(town))
     for ident in identities:
         state = json.loads(parse_identity(ident).state_file(town).read_text())
         assert {} == state
@@ -411,17 +439,18 @@ def test_a_thousand_requests_each_run_exactly_once(
 
 class Crash(t.NamedTuple):
     test_id: str
-    patch: str
+    patch: tuple[object, str]
     after: bool
     starts: tuple[int, int]
     """Agent starts after the crashed pass and after the next one."""
 
 
+ACT, CLEAR = (AgentActor, "act"), (actions, "clear_flag")
 CRASHES = [
-    Crash("before-action", "act", after=False, starts=(0, 1)),
-    Crash("after-action", "act", after=True, starts=(1, 2)),  # acted again: allowed
-    Crash("after-executed-marker", "clear_flag", after=False, starts=(1, 1)),
-    Crash("after-clearing-the-flag", "clear_flag", after=True, starts=(1, 1)),
+    Crash("before-action", ACT, after=False, starts=(0, 1)),
+    Crash("after-action", ACT, after=True, starts=(1, 2)),  # acted again: allowed
+    Crash("after-executed-marker", CLEAR, after=False, starts=(1, 1)),
+    Crash("after-clearing-the-flag", CLEAR, after=True, starts=(1, 1)),
 ]
 
 
@@ -442,22 +471,23 @@ def test_a_crash_at_any_step_is_finished_by_the_next_pass(
     ident = parse_identity("gastown-witness")
     ident.workdir(town).mkdir(parents=True)
     set_flag(town, "gastown-witness", "restart", mood="ok")
-    rid = lifecycle.enqueue(town, "gastown-witness", "restart", sender="test")
-    real = getattr(actions, crash.patch)
+    rid = enqueue(town, "gastown-witness", "restart", sender="test")
+    owner, name = crash.patch
+    real = getattr(owner, name)
 
     def crashing(*args: t.Any) -> t.Any:
         if crash.after:
             real(*args)
         raise exc
 
-    monkeypatch.setattr(actions, crash.patch, crashing)
+    monkeypatch.setattr(owner, name, crashing)
     with pytest.raises(exc):
-        run(Lifecycle(), config)
+        run(None, config)
     assert [f"{rid}.json"] == names(town, "cur")
     assert retry_until(lambda: starts(fake_agent) == crash.starts[0], 5)
-    monkeypatch.setattr(actions, crash.patch, real)
-    run(Lifecycle(), config)
-    assert ([], []) == (lifecycle.pending(town), lifecycle.failed(town))
+    monkeypatch.setattr(owner, name, real)
+    run(None, config)
+    assert ([], []) == (pending(town), failed(town))
     assert [rid] == outcomes(logs, "done")
     assert {"mood": "ok"} == json.loads(ident.state_file(town).read_text())
     assert retry_until(lambda: starts(fake_agent) == crash.starts[1], 5)
@@ -465,8 +495,8 @@ def test_a_crash_at_any_step_is_finished_by_the_next_pass(
 
 def leave_in_cur(town: pathlib.Path, identity: str, action: str, **extra: t.Any) -> str:
     """A request as a crash leaves it: claimed into cur/, maybe attempted or executed."""
-    rid = lifecycle.enqueue(town, identity, action, sender="test")
-    root = lifecycle.spool_dir(town)
+    rid = enqueue(town, identity, action, sender="test")
+    root = spool_dir(town)
     rec = json.loads((root / "new" / f"{rid}.json").read_text()) | extra
     (root / "cur" / f"{rid}.json").write_text(json.dumps(rec))
     (root / "new" / f"{rid}.json").unlink()
@@ -488,9 +518,9 @@ def test_leftovers_in_cur_go_first_and_finish_once(
     ident.workdir(town).mkdir(parents=True)
     set_flag(town, "gastown-witness", "cycle", mood="ok")
     left = leave_in_cur(town, "gastown-witness", "cycle", attempts=1, executed=executed)
-    later = lifecycle.enqueue(town, "mayor", "shutdown", sender="test")
+    later = enqueue(town, "mayor", "shutdown", sender="test")
     set_flag(town, "mayor", "shutdown")
-    run(Lifecycle(), config)
+    run(None, config)
     assert [left, later] == outcomes(logs, "done")
     assert {"mood": "ok"} == json.loads(ident.state_file(town).read_text())
     if executed:
@@ -504,8 +534,8 @@ def test_a_request_that_kept_crashing_is_given_up(
 ) -> None:
     """Three attempts that never finished (kill -9 mid-action) move it to failed/."""
     rid = leave_in_cur(town, "gastown-witness", "cycle", attempts=3)
-    run(Lifecycle(), make_config(town))
-    [record] = lifecycle.failed(town)
+    run(None, make_config(town))
+    [record] = failed(town)
     assert (rid, 3) == (record["id"], record["attempts"])
     assert "gave up after 3 attempts: interrupted" == record["reason"]
     assert [rid] == outcomes(logs, "failed")
@@ -520,16 +550,16 @@ def test_transient_failures_are_retried_then_failed(
     ident = parse_identity("gastown-witness")
     ident.workdir(town).mkdir(parents=True)
     set_flag(town, "gastown-witness", "cycle")
-    broken = lifecycle.enqueue(town, "gastown-witness", "cycle", sender="test")
-    lc = Lifecycle()
+    broken = enqueue(town, "gastown-witness", "cycle", sender="test")
+    lc = processor(config)
     for n in range(1, lifecycle.MAX_ATTEMPTS + 1):
         set_flag(town, "mayor", "shutdown")
-        fine = lifecycle.enqueue(town, "mayor", "shutdown", sender="test")
+        fine = enqueue(town, "mayor", "shutdown", sender="test")
         run(lc, config)
         assert fine in outcomes(logs, "done")
-        assert ([broken] if n < lifecycle.MAX_ATTEMPTS else []) == lifecycle.pending(town)
+        assert ([broken] if n < lifecycle.MAX_ATTEMPTS else []) == pending(town)
     assert [broken] * (lifecycle.MAX_ATTEMPTS - 1) == outcomes(logs, "retry")
-    [record] = lifecycle.failed(town)
+    [record] = failed(town)
     assert (broken, lifecycle.MAX_ATTEMPTS) == (record["id"], record["attempts"])
     assert record["reason"].startswith("gave up after 3 attempts: new-session: ")
     assert json.loads(ident.state_file(town).read_text())["requesting_cycle"] is True
@@ -539,10 +569,10 @@ def test_transient_failures_are_retried_then_failed(
 def test_process_is_not_reentrant(town: pathlib.Path, logs: pytest.LogCaptureFixture) -> None:
     """A process() called from tick (say, a signal handler) returns at once: nothing twice."""
     config = make_config(town)
-    lc = Lifecycle()
+    lc = processor(config)
     for name in ("mayor", "deacon"):
         set_flag(town, name, "shutdown")
-        lifecycle.enqueue(town, name, "shutdown", sender="t")
+        enqueue(town, name, "shutdown", sender="t")
     run(lc, config, lambda: run(lc, config))
     assert 2 == len(set(outcomes(logs, "done"))) == len(outcomes(logs, "done"))
 
@@ -605,9 +635,9 @@ def test_bad_requests_end_in_failed_with_a_reason(
     case: BadCase, town: pathlib.Path, logs: pytest.LogCaptureFixture
 ) -> None:
     """Each bad request lands in failed/ with a reason naming the problem; no traceback."""
-    new = lifecycle.spool_dir(town) / "new"
+    new = spool_dir(town) / "new"
     new.mkdir(parents=True)
-    rid = lifecycle.new_id()
+    rid = new_id()
     path = new / (case.name or f"{rid}.json")
     if case.content is None:
         path.mkdir()
@@ -619,8 +649,8 @@ def test_bad_requests_end_in_failed_with_a_reason(
         state.parent.mkdir(parents=True)
         state.write_bytes(case.state)
     (town / "gastown").mkdir(exist_ok=True)  # the witness's workdir
-    run(Lifecycle(), make_config(town))
-    [record] = lifecycle.failed(town)
+    run(None, make_config(town))
+    [record] = failed(town)
     assert case.reason in record["reason"]
     assert ([], []) == (names(town, "new"), names(town, "cur"))
     failures = [r for r in logs.records if field(r, "GTD_OUTCOME") == "failed"]
@@ -639,17 +669,17 @@ def test_a_symlink_in_the_spool_is_never_followed(
     sub: str, town: pathlib.Path, tmp_path: pathlib.Path, logs: pytest.LogCaptureFixture
 ) -> None:
     """A link in new/ or cur/ to a file outside the town is dropped unread; the target stays."""
-    rid = lifecycle.new_id()
+    rid = new_id()
     target = tmp_path / "outside.json"
     target.write_text(req(id=rid).decode())
     before = target.stat()
-    spool = lifecycle.spool_dir(town)
+    spool = spool_dir(town)
     spool.mkdir(parents=True)
-    for name in lifecycle.SUBDIRS:
+    for name in spools.SUBDIRS:
         (spool / name).mkdir(mode=0o700)
     (spool / sub / f"{rid}.json").symlink_to(target)
-    run(Lifecycle(), make_config(town))
-    [record] = lifecycle.failed(town)
+    run(None, make_config(town))
+    [record] = failed(town)
     assert (rid, "not a regular file (symlink); left unread") == (record["id"], record["reason"])
     assert "raw" not in record
     after = target.stat()
@@ -657,18 +687,18 @@ def test_a_symlink_in_the_spool_is_never_followed(
         after.st_ino, after.st_mtime_ns, after.st_size
     )  # fmt: skip
     assert req(id=rid).decode() == target.read_text()
-    assert not any(p.is_symlink() for p in lifecycle.spool_dir(town).rglob("*"))
+    assert not any(p.is_symlink() for p in spool_dir(town).rglob("*"))
 
 
 def test_dotfiles_and_temp_files_are_not_requests(town: pathlib.Path) -> None:
     """Hidden and ``.tmp`` names in new/ are left alone; a crash's temp files in cur/ go."""
-    root = lifecycle.spool_dir(town)
+    root = spool_dir(town)
     (root / "new").mkdir(parents=True)
     (root / "cur").mkdir()
     (root / "new" / ".hidden.json").write_text("{}")
     (root / "new" / "half.json.tmp").write_text("{")
     (root / "cur" / ".x.json.abc.tmp").write_text("{")
-    run(Lifecycle(), make_config(town))
+    run(None, make_config(town))
     assert [".hidden.json", "half.json.tmp"] == names(town, "new")
     assert ([], []) == (names(town, "cur"), names(town, "failed"))
 
@@ -676,9 +706,9 @@ def test_dotfiles_and_temp_files_are_not_requests(town: pathlib.Path) -> None:
 @needs_tmux
 def test_failed_requests_keep_their_fields(town: pathlib.Path) -> None:
     """failed/ keeps the original fields plus reason, failed_at and attempts."""
-    rid = lifecycle.enqueue(town, "gastown-witness", "cycle", sender="max")
-    run(Lifecycle(), make_config(town))
-    [record] = lifecycle.failed(town)
+    rid = enqueue(town, "gastown-witness", "cycle", sender="max")
+    run(None, make_config(town))
+    [record] = failed(town)
     assert {"id", "identity", "action", "created_at", "from", "attempts", "reason",
             "failed_at"} == record.keys()  # fmt: skip
     assert (rid, "max", 1) == (record["id"], record["from"], record["attempts"])
@@ -688,18 +718,18 @@ def test_a_fifo_in_the_spool_is_never_opened(
     town: pathlib.Path, logs: pytest.LogCaptureFixture
 ) -> None:
     """FIFOs in new/ and cur/ fail unread (opening one would block); a good request still runs."""
-    spool = lifecycle.spool_dir(town)
-    for name in lifecycle.SUBDIRS:
+    spool = spool_dir(town)
+    for name in spools.SUBDIRS:
         (spool / name).mkdir(mode=0o700, parents=True)
-    fifos = {sub: lifecycle.new_id() for sub in ("new", "cur")}
+    fifos = {sub: new_id() for sub in ("new", "cur")}
     for sub, rid in fifos.items():
         os.mkfifo(spool / sub / f"{rid}.json", 0o600)
     set_flag(town, "mayor", "shutdown")
-    good = lifecycle.enqueue(town, "mayor", "shutdown", sender="test")
-    finished = in_thread(lambda: run(Lifecycle(), make_config(town)), spool, fifos.values())
+    good = enqueue(town, "mayor", "shutdown", sender="test")
+    finished = in_thread(lambda: run(None, make_config(town)), spool, fifos.values())
     assert finished, "the pass blocked on a FIFO"
     assert [good] == outcomes(logs, "done")
-    reasons = {r["id"]: r["reason"] for r in lifecycle.failed(town)}
+    reasons = {r["id"]: r["reason"] for r in failed(town)}
     assert dict.fromkeys(fifos.values(), "not a regular file (FIFO); left unread") == reasons
     assert ([], []) == (names(town, "new"), names(town, "cur"))
 
@@ -744,10 +774,10 @@ def test_an_agent_state_file_that_is_no_file_is_refused(
     state = parse_identity("mayor").state_file(town)
     state.parent.mkdir(parents=True)
     case.make(state, outside)
-    rid = lifecycle.enqueue(town, "mayor", "shutdown", sender="test")
-    spool = lifecycle.spool_dir(town)
-    assert in_thread(lambda: run(Lifecycle(), make_config(town)), spool, []), "blocked"
-    [record] = lifecycle.failed(town)
+    rid = enqueue(town, "mayor", "shutdown", sender="test")
+    spool = spool_dir(town)
+    assert in_thread(lambda: run(None, make_config(town)), spool, []), "blocked"
+    [record] = failed(town)
     assert rid == record["id"]
     assert record["reason"].startswith(f"agent state file {state}: {case.reason}")
     assert [rid] == outcomes(logs, "failed")
@@ -766,7 +796,7 @@ NOBODY = 65534
 def spool_with_request(town: pathlib.Path) -> tuple[str, pathlib.Path]:
     """A good, flagged shutdown for the mayor, queued in new/."""
     state = set_flag(town, "mayor", "shutdown")
-    return lifecycle.enqueue(town, "mayor", "shutdown", sender="test"), state
+    return enqueue(town, "mayor", "shutdown", sender="test"), state
 
 
 class Distrust(t.NamedTuple):
@@ -801,11 +831,11 @@ def test_an_untrusted_spool_is_left_alone(
     fixes the directory, the next pass carries the request out.
     """
     rid, state = spool_with_request(town)
-    directory = lifecycle.spool_dir(town) / sub
+    directory = spool_dir(town) / sub
     before = directory.stat()
     case.spoil(directory)
     spoiled = directory.stat()
-    run(Lifecycle(), make_config(town))
+    run(None, make_config(town))
     errors = [r.getMessage() for r in logs.records if r.levelno == logging.ERROR]
     expected = f"{directory} is {case.problem}; the spool is not trusted, requests stay untouched"
     assert [f"lifecycle spool unusable: {expected}"] == errors
@@ -814,10 +844,10 @@ def test_an_untrusted_spool_is_left_alone(
     after = directory.stat()
     assert (spoiled.st_uid, spoiled.st_mode) == (after.st_uid, after.st_mode)
     with pytest.raises(GtdError, match="the spool is not trusted"):
-        lifecycle.enqueue(town, "mayor", "shutdown", sender="test")
+        enqueue(town, "mayor", "shutdown", sender="test")
     os.chown(directory, before.st_uid, before.st_gid)
     directory.chmod(stat.S_IMODE(before.st_mode))
-    run(Lifecycle(), make_config(town))
+    run(None, make_config(town))
     assert [rid] == outcomes(logs, "done")
 
 
@@ -841,14 +871,14 @@ def test_an_untrusted_request_file_fails_unread(
 ) -> None:
     """A request someone else owns or can write (or a hard link) goes to failed/ unread."""
     rid, _ = spool_with_request(town)
-    spool = lifecycle.spool_dir(town)
+    spool = spool_dir(town)
     path = spool / sub / f"{rid}.json"
     if sub == "cur":
         os.rename(spool / "new" / f"{rid}.json", path)
     case.spoil(path)
     later, _ = spool_with_request(town)  # a good one behind it still runs (same agent, fine)
-    run(Lifecycle(), make_config(town))
-    [record] = lifecycle.failed(town)
+    run(None, make_config(town))
+    [record] = failed(town)
     assert (rid, f"not trusted: {case.problem}; left unread") == (record["id"], record["reason"])
     assert "raw" not in record
     assert [rid] == outcomes(logs, "failed")
@@ -877,7 +907,7 @@ def test_a_full_disk_keeps_the_request_without_spending_attempts(
     """
     state = set_flag(town, "mayor", "shutdown", mood="ok")
     old = state.read_bytes()
-    rid = lifecycle.enqueue(town, "mayor", "shutdown", sender="test")
+    rid = enqueue(town, "mayor", "shutdown", sender="test")
     real = store.atomic_write
 
     def full_disk(path: pathlib.Path, data: bytes, *, mode: int = 0o644) -> None:
@@ -886,12 +916,13 @@ def test_a_full_disk_keeps_the_request_without_spending_attempts(
         real(path, data, mode=mode)
 
     monkeypatch.setattr(store, "atomic_write", full_disk)
-    lc, config = Lifecycle(), make_config(town)
+    config = make_config(town)
+    lc = processor(config)
     for _ in range(lifecycle.MAX_ATTEMPTS + 2):
         run(lc, config)
-    assert ([rid], []) == (lifecycle.pending(town), lifecycle.failed(town))
+    assert ([rid], []) == (pending(town), failed(town))
     assert old == state.read_bytes()
-    rec = json.loads((lifecycle.spool_dir(town) / "cur" / f"{rid}.json").read_text())
+    rec = json.loads((spool_dir(town) / "cur" / f"{rid}.json").read_text())
     assert (0, full != "everything") == (rec.get("attempts", 0), rec.get("executed", False))
     assert (lifecycle.MAX_ATTEMPTS + 2) * [rid] == outcomes(logs, "retry")
     assert all("No space left on device" in r.getMessage() for r in logs.records if
@@ -900,7 +931,7 @@ def test_a_full_disk_keeps_the_request_without_spending_attempts(
     run(lc, config)
     assert [rid] == outcomes(logs, "done")
     assert {"mood": "ok"} == json.loads(state.read_text())
-    assert ([], []) == (lifecycle.pending(town), lifecycle.failed(town))
+    assert ([], []) == (pending(town), failed(town))
 
 
 def test_enqueue_on_a_full_disk_leaves_nothing(
@@ -910,27 +941,27 @@ def test_enqueue_on_a_full_disk_leaves_nothing(
 
     The error names the spool, so ``gtd request`` can say where the disk is full.
     """
-    lifecycle.enqueue(town, "mayor", "stop", sender="test")
-    [queued] = lifecycle.pending(town)
+    enqueue(town, "mayor", "stop", sender="test")
+    [queued] = pending(town)
 
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(OSError, match="No space left on device") as exc:
-        lifecycle.enqueue(town, "mayor", "stop", sender="test")
-    assert str(lifecycle.spool_dir(town)) == exc.value.filename
-    assert ([], [queued]) == (names(town, "tmp"), lifecycle.pending(town))
+        enqueue(town, "mayor", "stop", sender="test")
+    assert str(spool_dir(town)) == exc.value.filename
+    assert ([], [queued]) == (names(town, "tmp"), pending(town))
 
 
 def test_the_spool_does_not_grow_without_bound(
     town: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """failed/ keeps only the newest KEEP_FAILED entries; stale temp files go, fresh ones stay."""
-    monkeypatch.setattr(lifecycle, "KEEP_FAILED", 3)
+    monkeypatch.setattr(spools, "KEEP_FAILED", 3)
     config = make_config(town)
-    run(Lifecycle(), config)  # creates the spool
-    spool = lifecycle.spool_dir(town)
+    run(None, config)  # creates the spool
+    spool = spool_dir(town)
     now = time.time()
     for i in range(6):
         path = spool / "failed" / f"{i:020d}-0000000{i}.json"
@@ -941,7 +972,7 @@ def test_the_spool_does_not_grow_without_bound(
     stale, fresh = spool / "tmp" / ".stale.tmp", spool / "tmp" / ".fresh.tmp"
     stale.write_text("{")
     fresh.write_text("{")
-    os.utime(stale, (now - 2 * lifecycle.STALE_TMP, now - 2 * lifecycle.STALE_TMP))
-    run(Lifecycle(), config)
+    os.utime(stale, (now - 2 * spools.STALE_TMP, now - 2 * spools.STALE_TMP))
+    run(None, config)
     assert [f"{i:020d}-0000000{i}.json" for i in (3, 4, 5)] == names(town, "failed")
     assert [".fresh.tmp"] == names(town, "tmp")

@@ -15,11 +15,25 @@ import pytest
 
 from gtd import agents, lifecycle, mail
 from gtd.identities import parse_identity
-from gtd.lifecycle import Lifecycle
+from gtd.request import Refused, Request, file_id
+from gtd.spool import spool_dir
 from gtd.tmux import Tmux
 from tests.conftest import HAVE_TMUX, FakeAgent, TmuxServer
 from tests.sandbox import retry_until
-from tests.test_lifecycle import LEAKS, field, make_config, names, outcomes, run, set_flag, starts
+from tests.test_lifecycle import (
+    LEAKS,
+    enqueue,
+    failed,
+    field,
+    make_config,
+    names,
+    outcomes,
+    pending,
+    processor,
+    run,
+    set_flag,
+    starts,
+)
 
 FAKE_GT = pathlib.Path(__file__).parent / "fakegt" / "gt"
 needs_tmux = pytest.mark.skipif(not HAVE_TMUX, reason="tmux is not installed")
@@ -82,19 +96,23 @@ def test_body_action_accepts_what_upstream_accepts(body: str, expected: str | No
 def test_mail_record_shapes() -> None:
     """Other subjects and read mail are not requests; odd ids get a clean spool id."""
     now = "2025-01-01T00:00:00+00:00"
-    assert mail.mail_record(message("a", "mayor/", "cycle", subject="hello"), now) is None
-    assert mail.mail_record(message("a", "mayor/", "cycle") | {"read": True}, now) is None
-    rec = mail.mail_record(message("hq-1.2", "gastown/witness", "cycle", "lifecycle: x"), now)
-    assert rec is not None
-    assert rec["id"].startswith("mail-hq-1_2-")
-    assert lifecycle.file_id(rec["id"] + ".json") == rec["id"]
+    assert mail.mail_request(message("a", "mayor/", "cycle", subject="hello"), now) is None
+    assert mail.mail_request(message("a", "mayor/", "cycle") | {"read": True}, now) is None
+    rec = mail.mail_request(message("hq-1.2", "gastown/witness", "cycle", "lifecycle: x"), now)
+    assert isinstance(rec, Request)
+    assert rec.id.startswith("mail-hq-1_2-")
+    assert file_id(rec.id + ".json") == rec.id
     assert ("gastown/witness", "cycle", "hq-1.2") == (
-        rec["identity"],
-        rec["action"],
-        rec["mail_id"],
+        rec.sender,
+        rec.action.value,
+        rec.mail_id,
     )
+    assert "gastown-witness" == rec.identity.dash
+    bad = mail.mail_request(message("hq-3", "gastown/witness", "please"), now)
+    assert isinstance(bad, Refused)
+    assert ("mail-hq-3", "hq-3") == (bad.id, bad.mail_id)
     with pytest.raises(ValueError, match="unusable id"):
-        mail.mail_record(message("-rf", "mayor/", "cycle"), now)
+        mail.mail_request(message("-rf", "mayor/", "cycle"), now)
 
 
 def test_parse_inbox_refuses_what_is_not_a_list() -> None:
@@ -124,7 +142,7 @@ def test_json_body_cycles_the_agent_and_deletes_the_mail(
     before = agents.start_agent(Tmux(tmux_server.socket), ident, config).pane_pid
     set_flag(town, "gastown-witness", "cycle", mood="ok")
     gt.post(message("hq-1", "gastown/witness", '{"action": "cycle"}'))
-    run(Lifecycle(), config)
+    run(None, config)
     pane = agents.agent_pane(Tmux(tmux_server.socket).list_panes(), ident)
     assert pane is not None
     assert pane.pane_pid != before
@@ -149,7 +167,7 @@ def test_plain_word_body_is_done_and_other_mail_is_left_alone(
     other = message("hq-2", "mayor/", "restart", subject="Re: lunch")
     gt.post(message("hq-1", "mayor/", " Stop\n", subject="lifecycle: bye"), other)
     set_flag(town, "mayor", "shutdown")
-    run(Lifecycle(), make_config(town, gt=str(FAKE_GT)))
+    run(None, make_config(town, gt=str(FAKE_GT)))
     assert ["mail-hq-1"] == outcomes(logs, "done")
     assert [other] == gt.messages()
     assert ["hq-1"] == gt.deletes()
@@ -162,8 +180,8 @@ def test_unparseable_lifecycle_mail_fails_and_is_deleted(
 ) -> None:
     """A lifecycle mail whose body means nothing lands in failed/ with the body quoted."""
     gt.post(message("hq-9", "gastown/witness", "could you maybe restart?"))
-    run(Lifecycle(), make_config(town, gt=str(FAKE_GT)))
-    [record] = lifecycle.failed(town)
+    run(None, make_config(town, gt=str(FAKE_GT)))
+    [record] = failed(town)
     assert ("mail-hq-9", "hq-9") == (record["id"], record["mail_id"])
     assert "unparseable lifecycle mail body 'could you maybe restart?'" == record["reason"]
     assert [] == gt.messages()
@@ -185,15 +203,15 @@ def test_a_failed_delete_is_retried_without_acting_again(
     set_flag(town, "gastown-witness", "restart")
     gt.post(message("hq-1", "gastown/witness", "restart"))
     monkeypatch.setenv("FAKE_GT_FAIL_DELETE", "1")
-    lc = Lifecycle()
+    lc = processor(config)
     run(lc, config)
-    assert ["mail-hq-1"] == lifecycle.pending(town)
-    cur = json.loads((lifecycle.spool_dir(town) / "cur" / "mail-hq-1.json").read_text())
+    assert ["mail-hq-1"] == pending(town)
+    cur = json.loads((spool_dir(town) / "cur" / "mail-hq-1.json").read_text())
     assert (True, 1) == (cur["executed"], cur["attempts"])
     assert retry_until(lambda: starts(fake_agent) == 1, 5)
     monkeypatch.setenv("FAKE_GT_FAIL_DELETE", "0")
-    run(lc, config)
-    assert ([], [], []) == (lifecycle.pending(town), lifecycle.failed(town), gt.messages())
+    run(processor(config), config)  # helpers get the environment a processor is made with
+    assert ([], [], []) == (pending(town), failed(town), gt.messages())
     assert ["mail-hq-1"] == outcomes(logs, "done")
     assert ["hq-1", "hq-1"] == gt.deletes()
     assert 1 == starts(fake_agent)
@@ -207,17 +225,18 @@ def test_a_delete_that_keeps_failing_is_bounded(
     gt.post(message("hq-1", "mayor/", "shutdown"))
     set_flag(town, "mayor", "shutdown")
     monkeypatch.setenv("FAKE_GT_FAIL_DELETE", "1")
-    lc, config = Lifecycle(), make_config(town, gt=str(FAKE_GT))
+    config = make_config(town, gt=str(FAKE_GT))
+    lc = processor(config)
     for _ in range(lifecycle.MAX_ATTEMPTS + 2):
         run(lc, config)
-    [record] = lifecycle.failed(town)
+    [record] = failed(town)
     assert (True, lifecycle.MAX_ATTEMPTS) == (record["executed"], record["attempts"])
     assert (
         "gt mail delete hq-1: exit status 1: gt: mail delete: database is locked"
         in record["reason"]
     )
     assert ["hq-1"] * lifecycle.MAX_ATTEMPTS == gt.deletes()
-    assert [] == lifecycle.pending(town)
+    assert [] == pending(town)
     assert ["mail-hq-1"] == outcomes(logs, "failed")
     assert [] == outcomes(logs, "done")
 
@@ -244,9 +263,9 @@ def test_a_broken_gt_never_blocks_the_spool(
         monkeypatch.setattr(mail, "MAIL_TIMEOUT", 0.5)
         monkeypatch.setenv("FAKE_GT_SLEEP", "30")
     set_flag(town, "mayor", "shutdown")
-    rid = lifecycle.enqueue(town, "mayor", "shutdown", sender="test")
+    rid = enqueue(town, "mayor", "shutdown", sender="test")
     begun = time.monotonic()
-    run(Lifecycle(), make_config(town, gt=command))
+    run(None, make_config(town, gt=command))
     assert time.monotonic() - begun < 10
     assert [rid] == outcomes(logs, "done")
     warnings = [r for r in logs.records if r.levelno == logging.WARNING]
@@ -261,7 +280,8 @@ def test_a_missing_gt_is_reported_once(
     town: pathlib.Path, tmp_path: pathlib.Path, logs: pytest.LogCaptureFixture
 ) -> None:
     """The gt source being absent is worth one warning, not one per heartbeat."""
-    lc, config = Lifecycle(), make_config(town, gt=str(tmp_path / "no-such-gt"))
+    config = make_config(town, gt=str(tmp_path / "no-such-gt"))
+    lc = processor(config)
     for _ in range(3):
         run(lc, config)
     assert 1 == len([r for r in logs.records if r.levelno == logging.WARNING])
@@ -274,7 +294,7 @@ def test_mail_and_spool_requests_carry_journal_fields(
     """Import and outcome records carry GTD_REQUEST_ID, GTD_IDENTITY and GTD_ACTION."""
     gt.post(message("hq-1", "gastown/crew/max", '{"action":"stop"}'))
     set_flag(town, "gastown-crew-max", "stop")
-    run(Lifecycle(), make_config(town, gt=str(FAKE_GT)))
+    run(None, make_config(town, gt=str(FAKE_GT)))
     records = [r for r in logs.records if field(r, "GTD_REQUEST_ID") == "mail-hq-1"]
     assert ["imported", "done"] == [field(r, "GTD_OUTCOME") for r in records]
     for record in records:
@@ -290,10 +310,10 @@ def test_no_mail_is_imported_into_an_untrusted_spool(
 ) -> None:
     """A world-writable spool is not used at all: gt is not even asked, the mail stays."""
     set_flag(town, "mayor", "shutdown")
-    lifecycle.enqueue(town, "mayor", "shutdown", sender="test")
-    lifecycle.spool_dir(town).chmod(0o777)
+    enqueue(town, "mayor", "shutdown", sender="test")
+    spool_dir(town).chmod(0o777)
     gt.post(message("hq-1", "mayor/", "shutdown"))
-    run(Lifecycle(), make_config(town, gt=str(FAKE_GT)))
+    run(None, make_config(town, gt=str(FAKE_GT)))
     assert ([], []) == (gt.calls(), names(town, "failed"))
     assert ["hq-1"] == [m["id"] for m in gt.messages()]
     assert 1 == len(names(town, "new"))

@@ -21,6 +21,8 @@ import typing as t
 import pytest
 
 from gtd import lifecycle
+from gtd.request import new_id
+from gtd.spool import spool_dir
 from tests.sandbox import USER_PATH, JournalEntry, retry_until
 from tests.system.towns import DAEMON, TMUX, Town
 
@@ -279,7 +281,7 @@ def request_bytes(rid: str) -> bytes:
 
 
 def failed_reasons(town: Town) -> dict[str, str]:
-    base = lifecycle.spool_dir(town.root) / "failed"
+    base = spool_dir(town.root) / "failed"
     if not base.exists():
         return {}
     return {p.stem: json.loads(p.read_text())["reason"] for p in base.glob("*.json")}
@@ -296,7 +298,7 @@ def test_hostile_spool_files_fail_and_the_service_stays_up(
     """
     town.start()
     main, deacon = town.main_pid(), town.deacon_pid()
-    new = lifecycle.spool_dir(town.root) / "new"
+    new = spool_dir(town.root) / "new"
     assert retry_until(new.is_dir, 10)
     state = town.um.write_file(
         (town.root / "deacon" / "state.json").relative_to(town.um.home),
@@ -304,7 +306,7 @@ def test_hostile_spool_files_fail_and_the_service_stays_up(
     )
     uid = town.um.uid
     secret = outside / "secret.json"
-    ids = [lifecycle.new_id() for _ in range(5)]
+    ids = [new_id() for _ in range(5)]
     secret.write_bytes(request_bytes(ids[0]))
     os.chown(secret, uid, town.um.gid)
     os.utime(secret, ns=(1_000_000_000, 1_000_000_000))

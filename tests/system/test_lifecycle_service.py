@@ -14,12 +14,15 @@ from tests.system.towns import DAEMON, Town
 ENQUEUE = """
 import pathlib, sys, json
 from gtd import actions, lifecycle
-town, count, action = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+from gtd.identities import parse_identity
+from gtd.request import parse_action
+from gtd.spool import Spool
+town, count, action = pathlib.Path(sys.argv[1]), int(sys.argv[2]), parse_action(sys.argv[3])
 ids = []
 for i in range(count):
-    ident = f"r-crew-n{i}"
+    ident = parse_identity(f"r-crew-n{i}")
     actions.set_request_flag(town, ident, action)
-    ids.append(lifecycle.enqueue(town, ident, action, sender="bench"))
+    ids.append(lifecycle.submit(Spool(town), ident, action, sender="bench").id)
 print(json.dumps(ids))
 """
 
