@@ -4,6 +4,14 @@ Everything here is pure. Text from the outside (a CLI argument, a lifecycle
 request, a tmux session name) becomes an :class:`Identity` only through
 :func:`parse_identity`, which checks every character before any part of the
 text can reach a path, a tmux target or a shell.
+
+Dash forms are read as upstream reads them (``identityToSession``,
+``identityToStateFile``, ``identityToBDActor`` in ``lifecycle.go``): a
+``-witness`` or ``-refinery`` suffix first, else the first ``-crew-``, so rig
+and crew names may contain dashes (``my-rig-crew-max-2`` is crew ``max-2`` of rig
+``my-rig``). An :class:`Identity` whose dash form would read back as another one
+(crew ``witness`` of rig ``gastown``, which upstream reads as the witness of rig
+``gastown-crew``) cannot be built.
 """
 
 from __future__ import annotations
@@ -24,7 +32,11 @@ SESSION_PREFIX = "gt-"
 RESERVED_RIGS = frozenset({"mayor", "deacon", "daemon"})
 """Town-level directories that a rig name would collide with."""
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_]{0,63}")
+MAX_NAME_LENGTH = 64
+"""Longest rig or crew name."""
+
+# A dash at either end would merge with the separator or read as an option.
+_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_-]*[A-Za-z0-9_])?")
 _ALLOWED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-/")
 _METACHARACTERS = frozenset(";$()`|&<>*?'\"\\ :#{}%")
 
@@ -47,12 +59,15 @@ class Identity:
     """One agent: its role, its rig (rig kinds) and its crew name (crew only).
 
     Construction validates the parts, so an ``Identity`` always names a safe
-    session and paths inside the town.
+    session and paths inside the town, and its dash form parses back to it.
 
     Raises
     ------
     IdentityError
-        When ``rig``/``name`` are missing, superfluous or not valid names.
+        When ``rig``/``name`` are missing, superfluous or not valid names, or when
+        the dash form would read as another identity (a crew rig containing
+        ``-crew-`` or ending in ``-crew``; a crew name ``witness`` or ``refinery``
+        or ending in ``-witness`` or ``-refinery``).
     """
 
     kind: Kind
@@ -74,6 +89,13 @@ class Identity:
             _check_name(shown, self.name, "crew")
         elif self.name is not None:
             raise IdentityError(shown, f"{self.kind.value} has no crew name")
+        read = _read_dash(self.dash)
+        if read != (self.kind, self.rig, self.name):
+            raise IdentityError(
+                shown,
+                f"its dash form {self.dash!r} reads as {_describe(read)}, not as "
+                f"{_describe((self.kind, self.rig, self.name))}",
+            )
 
     def _parts(self) -> tuple[str, ...]:
         """The words of both forms: ``(kind,)``, ``(rig, kind)``, ``(rig, "crew", name)``."""
@@ -159,14 +181,39 @@ DEACON = Identity(Kind.DEACON)
 def _check_name(identity: str, part: str, what: str) -> None:
     if not part:
         raise IdentityError(identity, f"empty {what} name")
-    if _NAME.fullmatch(part) is None:
+    if len(part) > MAX_NAME_LENGTH or _NAME.fullmatch(part) is None:
         raise IdentityError(
             identity,
-            f"invalid {what} name {part!r}: use up to 64 letters, digits and '_', "
-            "starting with a letter or digit",
+            f"invalid {what} name {part!r}: use up to {MAX_NAME_LENGTH} letters, digits, "
+            "'_' and '-', starting with a letter or digit and not ending with '-'",
         )
     if what == "rig" and part.lower() in RESERVED_RIGS:
         raise IdentityError(identity, f"{part!r} is reserved and cannot be a rig name")
+
+
+_Reading = tuple[Kind, str, str | None]
+
+
+def _read_dash(text: str) -> _Reading | None:
+    """Upstream's reading of a rig identity's dash form, before any name is checked.
+
+    >>> _read_dash("my-rig-crew-witness"), _read_dash("a-crew-b-crew-c")
+    ((<Kind.WITNESS: 'witness'>, 'my-rig-crew', None), (<Kind.CREW: 'crew'>, 'a', 'b-crew-c'))
+    """
+    for kind in (Kind.WITNESS, Kind.REFINERY):
+        if text.endswith(suffix := f"-{kind.value}"):
+            return kind, text[: -len(suffix)], None
+    rig, crew, name = text.partition("-crew-")
+    return (Kind.CREW, rig, name) if crew else None
+
+
+def _describe(reading: _Reading | None) -> str:
+    if reading is None:
+        return "no identity"
+    kind, rig, name = reading
+    if kind is Kind.CREW:
+        return f"crew {name!r} of rig {rig!r}"
+    return f"the {kind.value} of rig {rig!r}"
 
 
 def _check_characters(text: str) -> None:
@@ -188,36 +235,65 @@ def _check_characters(text: str) -> None:
         raise IdentityError(text, f"{problem} (identities use letters, digits, '_', '-', '/')")
 
 
-_SHAPES = "mayor, deacon, <rig>-witness, <rig>-refinery, <rig>-crew-<name> or a slash form"
+_SHAPES = (
+    "mayor, deacon, <rig>-witness, <rig>-refinery, <rig>-crew-<name>, "
+    "<rig>/witness, <rig>/refinery or <rig>/crew/<name>"
+)
 
 
-def _from_parts(text: str, parts: list[str]) -> Identity:
-    """``[rig, witness|refinery]`` or ``[rig, "crew", name]``, whichever separator split them."""
+def _from_slash(text: str) -> Identity:
+    """``rig/witness``, ``rig/refinery`` or ``rig/crew/name``."""
+    parts = text.split("/")
     if len(parts) == 2 and parts[1] in ("witness", "refinery"):
-        _check_name(text, parts[0], "rig")
-        return Identity(Kind(parts[1]), parts[0])
-    if len(parts) == 3 and parts[1] == "crew":
-        _check_name(text, parts[0], "rig")
-        _check_name(text, parts[2], "crew")
-        return Identity(Kind.CREW, parts[0], parts[2])
-    if any(not part for part in parts):
+        reading: _Reading = (Kind(parts[1]), parts[0], None)
+    elif len(parts) == 3 and parts[1] == "crew":
+        reading = (Kind.CREW, parts[0], parts[2])
+    elif any(not part for part in parts):
         raise IdentityError(text, f"empty part; expected {_SHAPES}")
-    raise IdentityError(text, f"unknown shape; expected {_SHAPES}")
+    else:
+        raise IdentityError(text, f"unknown shape; expected {_SHAPES}")
+    return _build(text, reading)
+
+
+def _from_dash(text: str) -> Identity:
+    """``rig-witness``, ``rig-refinery`` or ``rig-crew-name``, read as upstream reads them."""
+    reading = _read_dash(text)
+    if reading is None:
+        raise IdentityError(text, f"unknown shape; expected {_SHAPES}")
+    return _build(text, reading)
+
+
+def _build(text: str, reading: _Reading) -> Identity:
+    kind, rig, name = reading
+    _check_name(text, rig, "rig")
+    if name is not None:
+        _check_name(text, name, "crew")
+    try:
+        return Identity(kind, rig, name)
+    except IdentityError as err:
+        raise IdentityError(text, err.problem) from None
 
 
 def parse_identity(text: str) -> Identity:
     """Parse an identity in its dash or slash form.
 
-    ``mayor/`` and ``deacon/`` (upstream's mail identities) are accepted too.
-    Every character is checked before the text is split, and nothing is built
-    from it until all parts are valid names.
+    ``mayor/`` and ``deacon/`` (upstream's mail identities) are accepted too. A dash
+    form is read as upstream reads it: a ``-witness`` or ``-refinery`` suffix first,
+    else the first ``-crew-``. Every character is checked before the text is split,
+    and nothing is built from it until all parts are valid names. Pure; the same
+    text always gives the same result.
+
+    >>> parse_identity("my-rig-crew-max-2").slash
+    'my-rig/crew/max-2'
 
     Raises
     ------
     IdentityError
         For anything that is not one of SPEC's shapes: empty or over-long text,
-        ``..``, metacharacters, whitespace, non-ASCII, empty parts, reserved rig
-        names (``mayor``, ``deacon``, ``daemon``).
+        ``..``, metacharacters, whitespace, non-ASCII, empty parts, names with a
+        dash at either end, reserved rig names (``mayor``, ``deacon``, ``daemon``),
+        and slash forms whose dash form would read as another identity
+        (``gastown/crew/witness``).
     """
     if not isinstance(text, str):
         raise IdentityError(repr(text), f"expected a string, got {type(text).__name__}")
@@ -232,7 +308,7 @@ def parse_identity(text: str) -> Identity:
         return MAYOR
     if text in ("deacon", "deacon/"):
         return DEACON
-    return _from_parts(text, text.split("/" if "/" in text else "-"))
+    return _from_slash(text) if "/" in text else _from_dash(text)
 
 
 def identity_from_session(session: str) -> Identity | None:

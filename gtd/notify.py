@@ -1,24 +1,30 @@
 """sd_notify: READY, STATUS, WATCHDOG, RELOADING, STOPPING to the service manager.
 
-Sent through ``sdnotify``, wrapped with python-systemd's semantics: a no-op
-returning ``False`` outside systemd, ``@`` mapped to an abstract socket, and a
-broken socket raised for the caller to decide on. sdnotify falls short twice: it
-reads ``NOTIFY_SOCKET`` from ``os.environ`` itself and swallows every error
-unless ``debug=True``; so this module connects the socket from the environment it
-was given and hands it to sdnotify, with ``debug=True``, for sending.
+Sent with python-systemd's ``systemd.daemon.notify``, libsystemd's own sd_notify(3):
+it returns ``False`` when ``NOTIFY_SOCKET`` is unset (a no-op outside systemd), reads
+a leading ``@`` as an abstract socket, sends the text as UTF-8 and raises ``OSError``
+for a broken socket, which this module lets through for the caller to decide on.
+
+``sdnotify`` is not used. It encodes with latin-1: "→" raises ``UnicodeEncodeError``
+and "ü" goes out as the byte 0xFC, so systemd drops the whole STATUS line as "not
+UTF-8 clean". Its ``SystemdNotifier`` also swallows every error unless
+``debug=True``, and then raises ``TypeError`` outside systemd.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-import socket
 import time
 import typing as t
 
-import sdnotify
+from systemd import daemon as sd_daemon
 
-logger = logging.getLogger(__name__)
+MAX_FIELD_BYTES = 1024
+"""Longest ``KEY=VALUE`` field sent, in UTF-8 bytes; longer ones are cut.
+
+systemd ignores a whole datagram over 4096 bytes (``READY=1`` included), so a long
+status line must never take the other fields with it.
+"""
 
 
 class Notifier:
@@ -27,13 +33,22 @@ class Notifier:
     Parameters
     ----------
     env
-        Where ``NOTIFY_SOCKET``, ``WATCHDOG_USEC`` and ``WATCHDOG_PID`` are read.
+        Where ``NOTIFY_SOCKET``, ``WATCHDOG_USEC`` and ``WATCHDOG_PID`` are read
+        (default ``os.environ``). Without ``NOTIFY_SOCKET`` every call is a no-op.
+
+    Raises
+    ------
+    ValueError
+        *env* names a ``NOTIFY_SOCKET`` other than the process environment's:
+        libsystemd sends only to the one in the process environment.
     """
 
     def __init__(self, env: t.Mapping[str, str] | None = None) -> None:
         env = os.environ if env is None else env
         self.socket = env.get("NOTIFY_SOCKET", "")
-        self._notifier: sdnotify.SystemdNotifier | None = None
+        if self.socket and self.socket != os.environ.get("NOTIFY_SOCKET", ""):
+            msg = f"NOTIFY_SOCKET={self.socket!r} is not the process environment's"
+            raise ValueError(msg)
         self._last_status: str | None = None
         self.watchdog_interval = _watchdog_interval(env)
         """Seconds between WATCHDOG=1 pings (half of WATCHDOG_USEC), or None when off."""
@@ -41,18 +56,21 @@ class Notifier:
     def notify(self, *fields: str) -> bool:
         """Send ``KEY=VALUE`` fields in one datagram; ``False`` when not under systemd.
 
+        Each field is made one line of valid UTF-8 without NUL and at most
+        :data:`MAX_FIELD_BYTES` long, so systemd never drops the datagram for its text.
+        Opens, sends and closes a socket each call; never blocks on a live manager.
+
         Raises
         ------
         OSError
-            The socket is set but broken.
+            The socket is set but broken, or ``NOTIFY_SOCKET`` left the process
+            environment since this notifier was made.
         """
         if not self.socket:
             return False
-        if self._notifier is None:
-            self._notifier = _connect(self.socket)
-        payload = "\n".join(f.replace("\n", " ") for f in fields)
-        # sdnotify encodes latin-1; anything else becomes '?', never an exception.
-        self._notifier.notify(payload.encode("latin-1", "replace").decode("latin-1"))
+        if not sd_daemon.notify("\n".join(map(clean_field, fields))):
+            msg = f"NOTIFY_SOCKET={self.socket!r} is no longer in the process environment"
+            raise OSError(msg)
         return True
 
     def ready(self, status: str) -> bool:
@@ -82,18 +100,26 @@ class Notifier:
         return self.notify("STOPPING=1", f"STATUS={status}")
 
 
-def _connect(address: str) -> sdnotify.SystemdNotifier:
-    """An sdnotify notifier on *address* that raises instead of swallowing."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-    try:
-        sock.connect("\0" + address[1:] if address.startswith("@") else address)
-    except OSError:
-        sock.close()
-        raise
-    notifier = sdnotify.SystemdNotifier.__new__(sdnotify.SystemdNotifier)
-    notifier.debug = True
-    notifier.socket = sock
-    return notifier
+def clean_field(field: str) -> str:
+    r"""One ``KEY=VALUE`` line that systemd accepts whatever text it carries.
+
+    Newlines become spaces (a newline would start a new field), NUL becomes ``\0``
+    (systemd ignores a datagram holding one), text that is not valid Unicode (lone
+    surrogates from undecodable file names) becomes ``?``, and anything over
+    :data:`MAX_FIELD_BYTES` is cut at a character boundary and ends with ``…``.
+
+    >>> clean_field("STATUS=a\nb\0c"), clean_field("STATUS=\udcff ü")
+    ('STATUS=a b\\0c', 'STATUS=? ü')
+    >>> len(clean_field("STATUS=" + "→" * 1000).encode())
+    1024
+    """
+    text = field.replace("\r\n", " ").replace("\n", " ").replace("\0", "\\0")
+    raw = text.encode("utf-8", "replace")
+    if len(raw) > MAX_FIELD_BYTES:
+        ellipsis = "…".encode()
+        raw = raw[: MAX_FIELD_BYTES - len(ellipsis)]
+        raw = raw.decode("utf-8", "ignore").encode() + ellipsis
+    return raw.decode("utf-8")
 
 
 def _watchdog_interval(env: t.Mapping[str, str]) -> float | None:

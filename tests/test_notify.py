@@ -9,7 +9,7 @@ import typing as t
 
 import pytest
 
-from gtd.notify import Notifier
+from gtd.notify import MAX_FIELD_BYTES, Notifier
 
 
 @pytest.fixture
@@ -26,7 +26,15 @@ def notify_socket(
 
 def test_outside_systemd_is_a_noop() -> None:
     """Without NOTIFY_SOCKET nothing is sent and the call says so."""
-    assert Notifier(env={}).ready("x") is False
+    assert Notifier().ready("x") is False
+    assert Notifier(env={}).watchdog() is False
+
+
+def test_empty_env_is_a_noop_under_systemd(notify_socket: socket.socket) -> None:
+    """A notifier given an environment without NOTIFY_SOCKET sends nothing, even under systemd."""
+    assert Notifier(env={}).ready("not sent") is False
+    assert Notifier().watchdog()
+    assert b"WATCHDOG=1" == notify_socket.recv(4096)  # the first datagram is the second call's
 
 
 def test_ready_and_status(notify_socket: socket.socket) -> None:
@@ -37,6 +45,29 @@ def test_ready_and_status(notify_socket: socket.socket) -> None:
     assert n.status("deacon running") is False
     assert n.status("deacon backoff")
     assert b"STATUS=deacon backoff" == notify_socket.recv(4096)
+
+
+def test_status_text_arrives_as_utf8(notify_socket: socket.socket) -> None:
+    """Non-Latin STATUS text reaches systemd intact as UTF-8 (systemd drops non-UTF-8 STATUS)."""
+    text = "deacon \u276f gästown-witness → 再起動"  # U+276F: Claude Code's prompt
+    assert Notifier().ready(text)
+    assert f"READY=1\nSTATUS={text}".encode() == notify_socket.recv(4096)
+
+
+def test_fields_are_cleaned(notify_socket: socket.socket) -> None:
+    """Newlines, NUL and undecodable text cannot split, void or break the datagram."""
+    assert Notifier().status("a\nb\0c \udcff")
+    assert b"STATUS=a b\\0c ?" == notify_socket.recv(4096)
+
+
+def test_long_status_cannot_drop_ready(notify_socket: socket.socket) -> None:
+    """A status far over systemd's 4096-byte datagram limit is cut, so READY=1 still arrives."""
+    assert Notifier().ready("ü" * 10_000)
+    ready, status = notify_socket.recv(65536).decode().split("\n")
+    assert "READY=1" == ready
+    assert MAX_FIELD_BYTES == len(status.encode())
+    assert status.startswith("STATUS=üü")
+    assert status.endswith("…")
 
 
 def test_stopping_reloading_watchdog(notify_socket: socket.socket) -> None:
@@ -52,10 +83,27 @@ def test_stopping_reloading_watchdog(notify_socket: socket.socket) -> None:
     assert b"STOPPING=1\nSTATUS=bye" == notify_socket.recv(4096)
 
 
-def test_broken_socket_is_raised(tmp_path: pathlib.Path) -> None:
+def test_broken_socket_is_raised(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A NOTIFY_SOCKET nobody listens on is an error the caller sees, not swallowed."""
-    with pytest.raises(OSError):  # noqa: PT011 - any socket error is the point
-        Notifier(env={"NOTIFY_SOCKET": str(tmp_path / "gone")}).notify("READY=1")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "gone"))
+    with pytest.raises(FileNotFoundError):
+        Notifier().notify("READY=1")
+
+
+def test_socket_gone_from_environment_is_raised(
+    notify_socket: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NOTIFY_SOCKET unset after start is an error, not a silent no-op."""
+    n = Notifier()
+    monkeypatch.delenv("NOTIFY_SOCKET")
+    with pytest.raises(OSError, match="no longer in the process environment"):
+        n.watchdog()
+
+
+def test_other_socket_than_the_process_is_refused(notify_socket: socket.socket) -> None:
+    """A NOTIFY_SOCKET not the process's is refused: libsystemd sends only to that one."""
+    with pytest.raises(ValueError, match="not the process environment's"):
+        Notifier(env={"NOTIFY_SOCKET": "/run/other/notify"})
 
 
 def test_watchdog_interval_is_half_and_pid_checked() -> None:
@@ -67,14 +115,15 @@ def test_watchdog_interval_is_half_and_pid_checked() -> None:
     assert Notifier(env=other).watchdog_interval is None
 
 
-def test_abstract_socket_address() -> None:
+def test_abstract_socket_address(monkeypatch: pytest.MonkeyPatch) -> None:
     """A NOTIFY_SOCKET starting with @ names an abstract socket (leading NUL)."""
-    name = f"gtd-test-{os.getpid()}"
+    name = f"gtd-test-{os.getpid()}-{os.urandom(4).hex()}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind("\0" + name)
     sock.settimeout(2)
+    monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
     try:
-        assert Notifier(env={"NOTIFY_SOCKET": "@" + name}).watchdog()
+        assert Notifier().watchdog()
         assert b"WATCHDOG=1" == sock.recv(4096)
     finally:
         sock.close()
