@@ -97,7 +97,7 @@ def mail_request(msg: t.Mapping[str, t.Any], now: str) -> Request | Refused | No
     try:
         identity = parse_identity(sender)
     except IdentityError as err:
-        return Refused(rid, str(err), sender, "mail", mail_id)
+        return Refused(rid, str(err), sender, "mail", mail_id, action)
     return Request(rid, identity, parse_action(action), now, sender, "mail", mail_id, action)
 
 

@@ -106,10 +106,12 @@ class Refused:
     sender: str
     source: str
     mail_id: str | None = None
+    word: str = ""
+    """The action word, when that much could be read."""
 
     def record(self) -> dict[str, t.Any]:
         """A spool record that fails with :attr:`reason` when processed."""
-        rec = {"id": self.id, "identity": self.sender, "action": "", "created_at": ""}
+        rec = {"id": self.id, "identity": self.sender, "action": self.word, "created_at": ""}
         rec |= {"from": self.sender, "source": self.source, "problem": self.reason}
         return rec | ({"mail_id": self.mail_id} if self.mail_id is not None else {})
 

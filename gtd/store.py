@@ -195,5 +195,7 @@ def load_daemon_state(town: pathlib.Path) -> DaemonState:
 
 
 def save_daemon_state(town: pathlib.Path, state: DaemonState) -> None:
-    """Atomically write state.json."""
-    write_json(state_path(town), state.to_json())
+    """Atomically write state.json, creating ``<town>/daemon`` if it went missing."""
+    path = state_path(town)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, state.to_json())

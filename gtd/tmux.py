@@ -112,6 +112,16 @@ def _literal(arg: str) -> str:
     return arg[:-1] + "\\;" if arg.endswith(";") else arg
 
 
+def _missing_target(err: TmuxError) -> bool:
+    """Whether tmux said the target is not there.
+
+    tmux 3.3 says "no current target" when no session exists at all.
+    """
+    return any(
+        m in err.stderr for m in ("can't find session", "can't find pane", "no current target")
+    )
+
+
 class Tmux:
     """A tmux server, addressed by socket name (``""`` is the user's default server).
 
@@ -274,7 +284,7 @@ class Tmux:
         except NoServer:
             return
         except TmuxError as err:
-            if "can't find session" not in err.stderr:
+            if not _missing_target(err):
                 raise
 
     def kill_pane(self, pane_id: str) -> None:
@@ -284,7 +294,7 @@ class Tmux:
         except NoServer:
             return
         except TmuxError as err:
-            if "can't find pane" not in err.stderr:
+            if not _missing_target(err):
                 raise
 
     # -- typing into panes ---------------------------------------------------
