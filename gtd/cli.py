@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import getpass
+import json
 import logging
 import os
 import pathlib
 import sys
 import typing as t
 
-from gtd import __version__, actions, agents, config, lifecycle, store, systemd
+from gtd import __version__, actions, agents, config, lifecycle, systemd
 from gtd.exc import EX_CONFIG, ConfigError, GtdError, IdentityError, RequestError, WorkdirMissing
 from gtd.identities import DEACON, identity_from_session, parse_identity
 from gtd.logs import setup_logging
@@ -39,6 +40,7 @@ class Namespace(argparse.Namespace):
     action: str
     agent_command: str
     wait: bool
+    json: bool
 
 
 def create_parser() -> argparse.ArgumentParser:
@@ -91,15 +93,22 @@ def create_run_subparser(sub: Subparsers[argparse.ArgumentParser]) -> None:
 
 
 def create_status_subparser(sub: Subparsers[argparse.ArgumentParser]) -> None:
-    """``gtd status``."""
-    sub.add_parser(
+    """``gtd status [--json]``."""
+    parser = sub.add_parser(
         "status",
         help="what systemd, state.json and tmux say about the daemon and its agents",
         description=(
-            "Show the service as systemd sees it (active state, main PID, STATUS= text, "
-            "restarts), the daemon's state.json, the deacon and every agent session. "
+            "Show the service as systemd sees it (active state since when, main PID, "
+            "STATUS= text, restarts), the daemon's state.json (last heartbeat and how long "
+            "ago), every supervised agent (alive, condition, since, restarts, backoff) and "
+            "every other agent session, and pending and failed lifecycle requests. "
             "Exit status 0 when the service is active, 3 when it is not."
         ),
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object (keys service, state, agents, lifecycle; see docs/status.md)",
     )
 
 
@@ -284,63 +293,16 @@ def command_run(args: Namespace) -> int:
 
 
 def command_status(args: Namespace) -> int:
-    """Print systemd's, state.json's and tmux's view."""
-    try:
-        props = systemd.show(
-            systemd.DAEMON_UNIT,
-            "ActiveState",
-            "SubState",
-            "MainPID",
-            "StatusText",
-            "NRestarts",
-            "Result",
-        )
-    except GtdError as err:
-        print(f"{systemd.DAEMON_UNIT}: user manager unavailable: {err}")
-        props = {}
-    active = props.get("ActiveState", "unknown")
-    print(
-        f"{systemd.DAEMON_UNIT}: {active} ({props.get('SubState', '?')}), "
-        f"main PID {props.get('MainPID', '0')}, restarts {props.get('NRestarts', '0')}, "
-        f"result {props.get('Result', '?')}"
-    )
-    if props.get("StatusText"):
-        print(f"  status: {props['StatusText']}")
-    try:
-        cfg, _, _ = load(args)
-    except ConfigError as err:
-        print(f"config: invalid: {err}")
-        return EX_CONFIG
-    st_path = store.state_path(cfg.town_root)
-    try:
-        st = store.read_json_object(st_path)
-    except FileNotFoundError:
-        print(f"state: {st_path} does not exist yet")
-    except GtdError as err:
-        print(f"state: unreadable: {err}")
+    """Print (or ``--json``) what systemd, state.json, tmux and the spool say."""
+    from gtd import status
+
+    cfg, _, _ = load(args)
+    report = status.gather(cfg, Tmux(cfg.tmux.socket))
+    if args.json:
+        print(json.dumps(report, indent=2))
     else:
-        state = store.DaemonState.from_json(st)
-        print(
-            f"state: running={str(state.running).lower()} pid={state.pid} "
-            f"started_at={state.started_at or '-'} last_heartbeat={state.last_heartbeat or '-'} "
-            f"heartbeat_count={state.heartbeat_count}"
-        )
-    tmux = Tmux(cfg.tmux.socket)
-    try:
-        panes = tmux.list_panes()
-    except GtdError as err:
-        print(f"tmux: unavailable: {err}")
-        panes = []
-    deacon = agents.view(panes, DEACON, cfg)
-    if deacon.pane is None:
-        print(f"deacon: no session {DEACON.session}")
-    print_agents(panes, cfg)
-    spool = Spool(cfg.town_root)
-    queued, failed = spool.pending(), spool.failed()
-    print(f"lifecycle: {len(queued)} pending, {len(failed)} failed")
-    for rec in failed[-5:]:
-        print(f"  failed {rec.get('id', '?')}: {rec.get('reason', '?')}")
-    return 0 if active == "active" else EX_NOT_RUNNING
+        sys.stdout.write(status.render(report))
+    return 0 if report["service"]["active_state"] == "active" else EX_NOT_RUNNING
 
 
 def print_agents(panes: t.Sequence[PaneInfo], cfg: config.Config) -> int:

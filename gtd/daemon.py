@@ -380,8 +380,10 @@ class Daemon:
         self.loop.at("due", self.clock(), self._ensure_due)
 
     def _ensure_due(self) -> None:
+        """Between heartbeats: look at the woken agents, and record what changed."""
         due, self._due = self._due, set()
         self.ensure_agents(only=due)
+        self._save_state()
 
     def _hold(self, identity: Identity) -> None:
         if (sup := self.supervisors.get(identity)) is not None:

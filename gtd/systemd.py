@@ -162,9 +162,10 @@ def parse_show(text: str) -> dict[str, str]:
     return out
 
 
-def show(unit: str, *props: str) -> dict[str, str]:
-    """Properties of *unit* as the user manager knows them."""
-    return parse_show(systemctl("show", unit, "-p", ",".join(props)))
+def show(unit: str, *props: str, timestamp: str = "") -> dict[str, str]:
+    """Properties of *unit* as the user manager knows them (``--timestamp=`` if given)."""
+    extra = (f"--timestamp={timestamp}",) if timestamp else ()
+    return parse_show(systemctl("show", unit, "-p", ",".join(props), *extra))
 
 
 def start_unit(unit: str) -> None:

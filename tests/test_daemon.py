@@ -287,3 +287,108 @@ def test_agent_dying_at_once_backs_off(gtd: Gtd) -> None:
     assert retry_until(
         lambda: any("crash-looping (3 quick exits)" in s for s in gtd.notify.statuses()), 6
     ), gtd.notify.statuses()
+
+
+def agent_pids(gtd: Gtd) -> dict[str, int]:
+    """Live agent pane pids by session name."""
+    out = gtd.server.cmd(
+        "list-panes", "-a", "-F", "#{session_name} #{pane_pid} #{pane_dead}", check=False
+    ).stdout.split("\n")
+    return {n: int(p) for n, p, dead in (line.split() for line in out if line) if dead == "0"}
+
+
+def test_every_supervised_agent_is_kept_alive_and_only_poked_ones_are_poked(gtd: Gtd) -> None:
+    """[supervise]: deacon, mayor and a witness; each comes back alone; only the deacon is poked.
+
+    The witness's rig is missing, so its starts fail and its own guard backs off, while
+    the others are unaffected.
+    """
+    gtd.write_config(heartbeat_interval="1")
+    gtd.config.write_text(
+        gtd.config.read_text()
+        + '[supervise]\nagents = ["deacon", "mayor", "gastown-witness"]\npoke = ["deacon"]\n'
+    )
+    gtd.town.mkdir()
+    gtd.start()
+    assert retry_until(lambda: gtd.notify.has("READY=1"), 10), gtd.log()
+    assert retry_until(lambda: {"gt-deacon", "gt-mayor"} <= agent_pids(gtd).keys(), 10), gtd.log()
+    mayor, deacon = agent_pids(gtd)["gt-mayor"], agent_pids(gtd)["gt-deacon"]
+    os.kill(mayor, signal.SIGKILL)
+    killed = time.monotonic()
+    assert retry_until(lambda: agent_pids(gtd).get("gt-mayor") not in (None, mayor), 5), gtd.log()
+    assert time.monotonic() - killed < 2.0
+    assert deacon == agent_pids(gtd)["gt-deacon"]
+    assert retry_until(lambda: len(gtd.agent.received()) >= 2, 15), gtd.log()
+    pokes = {ln.split(" ")[0] for ln in gtd.agent.lines() if ln.split(" ")[1] == "LINE"}
+    assert {str(deacon)} == pokes
+    assert "gt-gastown-witness" not in agent_pids(gtd)
+
+    def witness_backs_off() -> bool:
+        return "gastown-witness crash-looping" in (gtd.notify.statuses() or [""])[-1]
+
+    assert retry_until(witness_backs_off, 10), gtd.notify.statuses()[-3:]
+    agents_state = gtd.state()["agents"]
+    assert ["deacon", "mayor", "gastown-witness"] == list(agents_state)
+    assert 1 == agents_state["mayor"]["restarts"]
+    assert "backoff" == agents_state["gastown-witness"]["condition"]
+
+
+def test_a_shutdown_request_holds_a_supervised_agent_stopped(gtd: Gtd) -> None:
+    """A shutdown request stops the agent and the daemon leaves it stopped; a restart revives it."""
+    from gtd import actions, lifecycle
+    from gtd.identities import DEACON
+    from gtd.request import Action
+    from gtd.spool import Spool
+
+    gtd.start()
+    assert retry_until(lambda: gtd.notify.has("READY=1"), 10), gtd.log()
+    for action in (Action.SHUTDOWN, Action.RESTART):
+        actions.set_request_flag(gtd.town, DEACON, action)
+        lifecycle.submit(Spool(gtd.town), DEACON, action, sender="test")
+        gtd.signal(signal.SIGUSR1)
+        if action is Action.SHUTDOWN:
+
+            def held() -> bool:
+                return gtd.state()["agents"]["deacon"]["held"] and gtd.deacon_pid() is None
+
+            assert retry_until(held, 5), (gtd.state()["agents"], gtd.log())
+            assert retry_until(lambda: "deacon stopped on request" in gtd.notify.statuses()[-1], 5)
+            assert gtd.deacon_pid() is None  # not brought back
+    assert retry_until(lambda: gtd.deacon_pid() is not None, 5), gtd.log()
+    assert retry_until(lambda: not gtd.state()["agents"]["deacon"]["held"], 5)
+
+
+def test_status_json_shows_each_supervised_agent(
+    gtd: Gtd, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`gtd status --json` has SPEC's keys; each supervised agent, its condition and restarts."""
+    from gtd import cli
+
+    gtd.config.write_text(
+        gtd.config.read_text() + '[supervise]\nagents = ["deacon", "mayor"]\npoke = ["deacon"]\n'
+    )
+    gtd.start()
+    assert retry_until(lambda: {"gt-deacon", "gt-mayor"} <= agent_pids(gtd).keys(), 10), gtd.log()
+    mayor = agent_pids(gtd)["gt-mayor"]
+    os.kill(mayor, signal.SIGKILL)
+    assert retry_until(lambda: gtd.state()["agents"]["mayor"]["restarts"] == 1, 5), gtd.log()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(gtd.town / "no-manager"))
+    assert 3 == cli.main(["--config", str(gtd.config), "status", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert {"service", "state", "agents", "lifecycle"} <= report.keys()
+    assert {"pending": [], "failed": []} == report["lifecycle"]
+    rows = {row["identity"]: row for row in report["agents"]}
+    assert ["deacon", "mayor"] == [row["identity"] for row in report["agents"]]
+    for identity in ("deacon", "mayor"):
+        row = rows[identity]
+        assert {"identity", "session", "pid", "alive", "condition", "restarts"} <= row.keys()
+        assert (f"gt-{identity}", True) == (row["session"], row["alive"])
+        assert row["pid"] == agent_pids(gtd)[f"gt-{identity}"]
+        assert row["condition"] in ("idle", "busy", "starting")
+    assert (0, 1) == (rows["deacon"]["restarts"], rows["mayor"]["restarts"])
+    assert (True, False) == (rows["deacon"]["poked"], rows["mayor"]["poked"])
+    assert report["state"]["running"] is True
+    assert 3 == cli.main(["--config", str(gtd.config), "status"])
+    text = capsys.readouterr().out
+    assert "mayor: session gt-mayor pane " in text
+    assert ", restarts 1" in text
