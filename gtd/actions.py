@@ -14,6 +14,8 @@ import pathlib
 import typing as t
 
 from gtd import agents, proc, store
+from gtd.environment import sandbox_hint
+from gtd.events import Event
 from gtd.exc import RequestError, StateError, WorkdirMissing
 from gtd.request import Action, Request, shown
 
@@ -107,11 +109,15 @@ def set_request_flag(town: pathlib.Path, identity: Identity, action: Action) -> 
 
 def presync(
     identity: Identity,
-    workdir: pathlib.Path,
+    town: pathlib.Path,
     env: t.Mapping[str, str],
     tick: t.Callable[[], None],
 ) -> None:
-    """Run :data:`PRESYNC_STEPS` in *workdir*, each bounded; a failing step is only logged."""
+    """Run :data:`PRESYNC_STEPS` in the agent's workdir, each bounded; a failure is only logged.
+
+    A step the service's sandbox refused a write says how to allow it.
+    """
+    workdir = identity.workdir(town)
     for argv in PRESYNC_STEPS:
         tick()
         extra = {"GTD_IDENTITY": identity.dash, "GTD_STEP": " ".join(argv)}
@@ -122,6 +128,9 @@ def presync(
             continue
         if res.returncode != 0:
             tail = (res.stderr.strip() or res.stdout.strip())[-300:]
+            if hint := sandbox_hint(res.stderr + res.stdout, town):
+                tail = f"{tail} ({hint})"
+                extra |= {"GTD_COMMAND": argv[0], "MESSAGE_ID": Event.SANDBOX_DENIED.value}
             logger.warning("pre-sync %s: exit %d: %s", argv[0], res.returncode, tail, extra=extra)
     tick()
 
@@ -178,7 +187,7 @@ class AgentActor:
             msg = f"workdir of {identity.dash} does not exist: {workdir}"
             raise RequestError(msg)
         if identity.presync:
-            presync(identity, workdir, self.env, tick)
+            presync(identity, self.config.town_root, self.env, tick)
         self.released(identity)
         try:
             agents.start_agent(self.tmux, identity, self.config)

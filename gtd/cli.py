@@ -12,7 +12,7 @@ import pathlib
 import sys
 import typing as t
 
-from gtd import __version__, actions, agents, config, lifecycle, systemd
+from gtd import __version__, actions, agents, config, environment, lifecycle, systemd
 from gtd.exc import EX_CONFIG, ConfigError, GtdError, IdentityError, RequestError, WorkdirMissing
 from gtd.identities import DEACON, identity_from_session, parse_identity
 from gtd.logs import setup_logging
@@ -334,10 +334,31 @@ def command_config(args: Namespace) -> int:
     if args.config_command == "check":
         where = path if cfg.source is not None else f"{path} (absent: defaults)"
         print(f"ok: {where}")
-        return 0
+        return check_environment(cfg, home)
     import tomli_w
 
     sys.stdout.write(tomli_w.dumps(config.to_dict(cfg)))
+    return 0
+
+
+def check_environment(cfg: config.Config, home: pathlib.Path) -> int:
+    """Warn on stderr about what the daemon will meet; return 0 (the config is valid).
+
+    That is: problems of the agent environment file, and each command it runs that is
+    not on the PATH it searches, named with that PATH.
+    """
+    env_file = environment.env_file(os.environ, home)
+    if problem := environment.env_file_problem(env_file):
+        print(f"gtd: warning: {problem}", file=sys.stderr)
+    path = environment.search_path(os.environ, home, environment.read_env_file(env_file))
+    for what, command, required in environment.missing_commands(
+        cfg.agent.argv[0], cfg.lifecycle.argv[0] if cfg.lifecycle.argv else "", path
+    ):
+        effect = "no agent can start" if required else "that step is skipped"
+        print(
+            f"gtd: warning: {what}: {command!r} not found in PATH={path} ({effect})",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -347,6 +368,9 @@ def command_units(args: Namespace) -> int:
     if args.units_command == "install":
         gtd = systemd.gtd_executable()
         cfg, _, _ = load(args)
+        env_file = environment.env_file(os.environ, pathlib.Path.home())
+        if environment.ensure_env_file(env_file):
+            print(f"wrote {env_file} (the agents' environment; mode 0600)")
         written = systemd.install_units(gtd, unit_dir, cfg.town_root, now=args.now)
         for path in written:
             print(f"wrote {path}")
@@ -429,4 +453,5 @@ def command_tmux_server(args: Namespace) -> int:
         return 0
     argv = tmux.base_argv()
     argv.remove("-N")
-    os.execv(argv[0], [*argv, "-D"])  # noqa: S606 - argv list, no shell
+    env = environment.utf8_locale(os.environ)
+    os.execve(argv[0], [*argv, "-D"], env)  # noqa: S606 - argv list, no shell

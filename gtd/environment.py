@@ -149,6 +149,29 @@ def helper_env(env: t.Mapping[str, str], path: str) -> dict[str, str]:
     return out | {"PATH": path, "BD_ACTOR": "daemon", "GIT_TERMINAL_PROMPT": "0"}
 
 
+def utf8_locale(env: t.Mapping[str, str]) -> dict[str, str]:
+    """*env*, with ``LANG=C.UTF-8`` added when it names no UTF-8 locale.
+
+    A user manager started outside a login session often has no ``LANG`` at all;
+    the agents' panes (and the screens gtd reads from them) should still be UTF-8.
+
+    >>> utf8_locale({})["LANG"], utf8_locale({"LANG": "de_DE.UTF-8"})["LANG"]
+    ('C.UTF-8', 'de_DE.UTF-8')
+    >>> utf8_locale({"LC_ALL": "C"})["LANG"]
+    'C.UTF-8'
+    """
+    out = dict(env)
+    for name in ("LC_ALL", "LC_CTYPE", "LANG"):
+        if value := out.get(name):
+            if "utf-8" in value.lower() or "utf8" in value.lower():
+                return out
+            if name == "LC_ALL":
+                del out[name]  # it would override LANG
+            break
+    out["LANG"] = "C.UTF-8"
+    return out
+
+
 READ_ONLY = "Read-only file system"
 
 
@@ -157,7 +180,7 @@ def sandbox_hint(output: str, town: pathlib.Path) -> str | None:
 
     >>> out = "error: cannot open .git/FETCH_HEAD: Read-only file system"
     >>> sandbox_hint(out, pathlib.Path("/t"))[:40]
-    'the service may write only to /t and it'
+    'the service may write only to /t and its'
     """
     if READ_ONLY not in output:
         return None
@@ -166,3 +189,65 @@ def sandbox_hint(output: str, town: pathlib.Path) -> str | None:
         "allow more with `systemctl --user edit gastown-daemon` and "
         "`[Service]` `ReadWritePaths=/the/path`, then restart it (see gtd(1))"
     )
+
+
+ENV_FILE_TEMPLATE = """\
+# The agents' environment (gastown-tmux.service reads this file: EnvironmentFile=).
+# KEY=VALUE lines. Keep it mode 0600: secrets belong here, never in a unit file.
+# After a change: systemctl --user restart gastown-tmux (ends the agents' sessions)
+# or restart each agent (gtd agent restart IDENTITY) once the server has it.
+#
+# ANTHROPIC_API_KEY=sk-ant-...
+#
+# PATH, when set here, is also where gtd looks for the agent command, gt, bd and git.
+# Left unset, gtd searches the service's PATH plus ~/.local/bin, your npm user prefix
+# and ~/bin.
+# PATH=/home/you/.local/bin:/usr/local/bin:/usr/bin:/bin
+"""
+
+
+def ensure_env_file(path: pathlib.Path) -> bool:
+    """Create the agent environment file from :data:`ENV_FILE_TEMPLATE` if absent (0600).
+
+    Returns whether it was created; an existing file is never touched.
+    """
+    from gtd import store
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        store.write_new(path, ENV_FILE_TEMPLATE.encode(), mode=ENV_FILE_MODE, replace=False)
+    except FileExistsError:
+        return False
+    return True
+
+
+def env_file_problem(path: pathlib.Path) -> str | None:
+    """What is wrong with the agent environment file, or None (absent is fine)."""
+    try:
+        st = path.stat()
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        return f"{path}: cannot read: {err.strerror or err}"
+    if st.st_mode & 0o077:
+        return f"{path}: mode {st.st_mode & 0o777:04o} lets others read it; chmod 600 {path}"
+    if bad := bad_env_lines(text):
+        return f"{path}: line {bad[0]} is not KEY=VALUE (systemd ignores it)"
+    return None
+
+
+HELPERS = ("gt", "bd", "git")
+"""Commands gtd runs for itself: the gt mail source, and pre-sync's git and bd."""
+
+
+def missing_commands(agent: str, gt: str, path: str) -> list[tuple[str, str, bool]]:
+    """``(what, command, required)`` for each command not found on *path*.
+
+    The agent command is required (no agent can start without it); ``gt`` (when the
+    mail source is on), ``bd`` and ``git`` are not.
+    """
+    wanted = [("agent.command", agent, True)]
+    wanted += [("lifecycle.gt_command", gt, False)] if gt else []
+    wanted += [("pre-sync", name, False) for name in HELPERS if name != "gt"]
+    return [(what, cmd, req) for what, cmd, req in wanted if which(cmd, path) is None]

@@ -18,6 +18,8 @@ import shutil
 import typing as t
 
 from gtd import proc
+from gtd.environment import sandbox_hint
+from gtd.events import Event
 from gtd.exc import IdentityError, MailError
 from gtd.identities import parse_identity
 from gtd.request import MAIL_ID, Refused, Request, parse_action
@@ -156,7 +158,11 @@ class MailSource:
         except (OSError, proc.Timeout, ValueError) as err:
             messages, problem = None, str(err)
         if messages is None:
-            logger.warning("gt mail inbox failed; mail skipped this pass: %s", problem)
+            extra = {}
+            if hint := sandbox_hint(problem, self.cwd):
+                problem = f"{problem} ({hint})"
+                extra = {"GTD_COMMAND": self.argv[0], "MESSAGE_ID": Event.SANDBOX_DENIED.value}
+            logger.warning("gt mail inbox failed; mail skipped this pass: %s", problem, extra=extra)
             return []
         self.listed = {m["id"] for m in messages if isinstance(m.get("id"), str)}
         found: list[Request | Refused] = []
@@ -189,5 +195,6 @@ class MailSource:
         except (OSError, proc.Timeout) as err:
             res, problem = None, str(err)
         if res is None or res.returncode != 0:
-            msg = f"gt mail delete {mail_id}: {problem}"
+            hint = sandbox_hint(problem, self.cwd)
+            msg = f"gt mail delete {mail_id}: {problem}" + (f" ({hint})" if hint else "")
             raise MailError(msg)

@@ -90,11 +90,14 @@ Type=simple
 ExecStart={gtd} tmux-server
 # "active" only once the server answers, so the daemon (After=) never races its socket.
 ExecStartPost={gtd} tmux-server --wait
+# The agents' environment, secrets included (0600; see gtd(1), ENVIRONMENT). No
+# NoNewPrivileges= or other sandboxing here: every pane inherits it, and agent panes
+# (and a person's own sessions on this server) must behave as in a terminal (sudo).
+EnvironmentFile=-%E/gastown/agent.env
 # Stopping this unit ends every agent session; the daemon never does that itself.
 KillMode=control-group
 Restart=on-failure
 RestartSec=1s
-NoNewPrivileges=yes
 
 [Install]
 WantedBy=default.target

@@ -143,3 +143,41 @@ def test_install_units_is_idempotent(tmp_path: pathlib.Path) -> None:
     assert "ExecStart=/x/gtd tmux-server" in (tmp_path / systemd.TMUX_UNIT).read_text()
     assert f"ReadWritePaths=-{town}" in (tmp_path / systemd.DAEMON_UNIT).read_text()
     assert town.is_dir()
+
+
+def test_config_check_names_a_missing_command_and_the_path(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The agent command and gt are looked up as the daemon will; a miss names the PATH."""
+    home = tmp_path / "home"
+    (home / ".local" / "bin").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    path = tmp_path / "daemon.toml"
+    path.write_text('[agent]\ncommand = "no-such-agent --x"\n[lifecycle]\ngt_command = "gt"\n')
+    assert 0 == cli.main(["--config", str(path), "config", "check"])
+    err = capsys.readouterr().err
+    searched = f"PATH=/usr/bin:/bin:{home}/.local/bin"
+    assert f"agent.command: 'no-such-agent' not found in {searched} (no agent can start)" in err
+    assert f"lifecycle.gt_command: 'gt' not found in {searched}" in err
+    agent = home / ".local" / "bin" / "no-such-agent"
+    agent.write_text("#!/bin/sh\n")
+    agent.chmod(0o755)
+    assert 0 == cli.main(["--config", str(path), "config", "check"])
+    assert "agent.command" not in capsys.readouterr().err
+
+
+def test_config_check_warns_about_a_readable_secrets_file(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The agent environment file holds secrets: a mode others can read is named."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    env_file = tmp_path / "xdg" / "gastown" / "agent.env"
+    env_file.parent.mkdir(parents=True)
+    env_file.write_text("ANTHROPIC_API_KEY=sk-ant-x\nnot an assignment\n")
+    env_file.chmod(0o644)
+    assert 0 == cli.main(["config", "check"])
+    assert f"{env_file}: mode 0644 lets others read it; chmod 600" in capsys.readouterr().err
+    env_file.chmod(0o600)
+    assert 0 == cli.main(["config", "check"])
+    assert f"{env_file}: line 2 is not KEY=VALUE" in capsys.readouterr().err
