@@ -12,15 +12,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import pathlib
-import re
 import shlex
 import stat
 import tomllib
 import typing as t
-import unicodedata
 
-from gtd.exc import ConfigError, IdentityError
-from gtd.identities import DEACON, Identity, parse_identity
+from gtd import validate
+from gtd.exc import ConfigError
+from gtd.identities import DEACON, Identity
+from gtd.validate import Source, expand
 
 DEFAULT_MOTD = (
     "Thanks for keeping the town running!",
@@ -42,24 +42,7 @@ DEFAULT_HEARTBEAT_INTERVAL = 300.0
 DEFAULT_AGENT_COMMAND = "claude --dangerously-skip-permissions"
 DEFAULT_ALIVE_COMMANDS = ("node", "claude")
 DEFAULT_GT_COMMAND = "gt"
-MAX_COMM_LENGTH = 15
-"""The kernel's comm name limit, which is all a process name shows."""
 MAX_CONFIG_SIZE = 1 << 20
-
-_DURATION = re.compile(r"(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?|([0-9]+)")
-_SOCKET = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
-_TYPE_NAMES = {bool: "boolean", int: "integer", str: "string", list: "array", dict: "table"}
-_T = t.TypeVar("_T")
-_Path = pathlib.Path | None
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Source:
-    """Where config text came from, and what ``~`` and ``GT_TOWN_ROOT`` mean there."""
-
-    path: pathlib.Path | None
-    env: t.Mapping[str, str]
-    home: pathlib.Path
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -86,170 +69,6 @@ def setting(
     return dataclasses.field(default=default, metadata=meta)
 
 
-# -- parsers: (value, source, dotted key) -> value; raise ConfigError --------------
-
-
-def _type_name(value: object) -> str:
-    return _TYPE_NAMES.get(type(value), type(value).__name__)
-
-
-def _expect(value: object, typ: type[_T], what: str, path: _Path, key: str) -> _T:
-    if type(value) is not typ:
-        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-        raise ConfigError(path, key, f"expected {what}, got {_type_name(value)} {shown}")
-    return value
-
-
-def parse_duration(value: object, *, path: pathlib.Path | None, key: str) -> float:
-    """Return a duration in seconds.
-
-    Accepts an integer of seconds or a string: ``"90"``, ``"300s"``, ``"5m"``,
-    ``"1h"``, ``"1h30m"`` (units in the order h, m, s, each at most once).
-
-    Raises
-    ------
-    ConfigError
-        For booleans, floats and other types, unknown syntax, and anything
-        under one second or over one day. The message names ``key`` and the value.
-    """
-    if type(value) is int:
-        seconds = value
-    else:
-        text = _expect(value, str, "a duration like '5m' or an integer of seconds", path, key)
-        match = _DURATION.fullmatch(text) if len(text) <= 32 else None
-        if match is None or not any(match.groups()):
-            msg = f"invalid duration {text[:60]!r}: use seconds or h/m/s, like 300, '5m', '1h30m'"
-            raise ConfigError(path, key, msg)
-        hours, minutes, secs, plain = (int(group or 0) for group in match.groups())
-        seconds = hours * 3600 + minutes * 60 + secs + plain
-    if not 1 <= seconds <= 86400:
-        msg = f"duration {value!r} is out of range: it must be from 1s to 1 day (86400s)"
-        raise ConfigError(path, key, msg)
-    return float(seconds)
-
-
-def _duration(value: object, src: Source, key: str) -> float:
-    return parse_duration(value, path=src.path, key=key)
-
-
-def _control(text: str) -> str | None:
-    """Return the first control or line-separator character as ``U+XXXX``, if any."""
-    for char in text:
-        if unicodedata.category(char) in ("Cc", "Zl", "Zp"):
-            return f"U+{ord(char):04X}"
-    return None
-
-
-def _command(value: object, src: Source, key: str, *, may_be_off: bool = False) -> str:
-    text = _expect(value, str, "a string", src.path, key)
-    if may_be_off and text == "":
-        return text
-    if "\0" in text:
-        raise ConfigError(src.path, key, "contains a NUL character")
-    try:
-        words = shlex.split(text)
-    except ValueError as exc:
-        msg = f"cannot split {text[:80]!r} into words: {str(exc).lower()}"
-        raise ConfigError(src.path, key, msg) from None
-    if not words:
-        blank = 'is blank (use "" to turn it off)' if may_be_off else "is blank"
-        raise ConfigError(src.path, key, blank)
-    return text
-
-
-def _optional_command(value: object, src: Source, key: str) -> str:
-    return _command(value, src, key, may_be_off=True)
-
-
-def _strings(value: object, src: Source, key: str) -> tuple[str, ...]:
-    items = _expect(value, list, "an array of strings", src.path, key)
-    return tuple(
-        _expect(item, str, "a string", src.path, f"{key}[{i}]") for i, item in enumerate(items)
-    )
-
-
-def expand(text: str, home: pathlib.Path) -> pathlib.Path:
-    """``~`` and ``~/x`` under *home*; anything else as written."""
-    return home / text[2:] if text == "~" or text.startswith("~/") else pathlib.Path(text)
-
-
-def _town_root(value: object, src: Source, key: str) -> pathlib.Path:
-    if value is not None:
-        text, origin = _expect(value, str, "a string", src.path, key), ""
-    elif src.env.get("GT_TOWN_ROOT"):
-        text, origin = src.env["GT_TOWN_ROOT"], " (from GT_TOWN_ROOT)"
-    else:
-        text, origin = "~/gt", ""
-    if not text or "\0" in text:
-        raise ConfigError(src.path, key, f"must be a non-empty path without NUL{origin}")
-    root = expand(text, src.home)
-    if not root.is_absolute():
-        msg = f"{text!r}{origin} is not an absolute path (use /... or ~/...)"
-        raise ConfigError(src.path, key, msg)
-    return root
-
-
-def _alive(value: object, src: Source, key: str) -> tuple[str, ...]:
-    names = _strings(value, src, key)
-    if not names:
-        raise ConfigError(src.path, key, "must name at least one command")
-    for i, name in enumerate(names):
-        if not name or "/" in name or any(c.isspace() for c in name) or _control(name):
-            msg = f"{name!r} is not a process name (no '/', whitespace or control characters)"
-            if "/" in name and (base := name.rsplit("/", 1)[1]):
-                msg += f"; use {base!r}"
-            raise ConfigError(src.path, f"{key}[{i}]", msg)
-        if len(name.encode()) > MAX_COMM_LENGTH:
-            msg = (
-                f"{name!r} is {len(name.encode())} characters long, but tmux reports at most "
-                f"{MAX_COMM_LENGTH} characters of a command name (the kernel's comm limit), "
-                "so it could never match"
-            )
-            raise ConfigError(src.path, f"{key}[{i}]", msg)
-    return names
-
-
-def _socket(value: object, src: Source, key: str) -> str:
-    socket = _expect(value, str, "a string", src.path, key)
-    if socket and _SOCKET.fullmatch(socket) is None:
-        msg = (
-            f"{socket[:80]!r} is not a socket name: use 1-64 letters, digits, '_', '.', '-', "
-            "not starting with '.' (or \"\" for the default server)"
-        )
-        raise ConfigError(src.path, key, msg)
-    return socket
-
-
-def _messages(value: object, src: Source, key: str) -> tuple[str, ...]:
-    messages = _strings(value, src, key)
-    for i, message in enumerate(messages):
-        where = f"{key}[{i}]"
-        if not 1 <= len(message) <= 500:
-            msg = f"must be 1 to 500 characters long, not {len(message)}"
-            raise ConfigError(src.path, where, msg)
-        if bad := _control(message):
-            msg = f"contains control character {bad}; a newline would submit the poke early"
-            raise ConfigError(src.path, where, msg)
-    return messages
-
-
-def _identities(value: object, src: Source, key: str) -> tuple[Identity, ...]:
-    found: list[Identity] = []
-    for i, text in enumerate(_strings(value, src, key)):
-        try:
-            identity = parse_identity(text)
-        except IdentityError as err:
-            raise ConfigError(src.path, f"{key}[{i}]", str(err)) from None
-        if identity in found:
-            raise ConfigError(src.path, f"{key}[{i}]", f"{identity.dash} is listed twice")
-        found.append(identity)
-    return tuple(found)
-
-
-def _dash_forms(identities: tuple[Identity, ...]) -> list[str]:
-    return [i.dash for i in identities]
-
-
 # -- the schema ---------------------------------------------------------------------
 
 
@@ -258,11 +77,13 @@ class AgentConfig:
     """How agents are started and how their liveness is recognised."""
 
     command: str = setting(
-        DEFAULT_AGENT_COMMAND, _command, "The command that starts an agent in its tmux pane."
+        DEFAULT_AGENT_COMMAND,
+        validate.command,
+        "The command that starts an agent in its tmux pane.",
     )
     alive_commands: tuple[str, ...] = setting(
         DEFAULT_ALIVE_COMMANDS,
-        _alive,
+        validate.alive,
         "Process names that always mean 'the agent is alive' (15 characters at most);\n"
         "any process in the pane other than a shell counts too.",
         dump=list,
@@ -280,7 +101,7 @@ class TmuxConfig:
 
     socket: str = setting(
         "",
-        _socket,
+        validate.socket,
         '"" is your default tmux server (`tmux attach -t gt-deacon` works); '
         "else `tmux -L <socket>`.",
     )
@@ -292,7 +113,7 @@ class MotdConfig:
 
     messages: tuple[str, ...] = setting(
         (),
-        _messages,
+        validate.messages,
         "The heartbeat messages agents are poked with, in rotation; [] = upstream's 12.",
         dump=list,
     )
@@ -309,7 +130,7 @@ class LifecycleConfig:
 
     gt_command: str = setting(
         DEFAULT_GT_COMMAND,
-        _optional_command,
+        validate.optional_command,
         'The gt command whose mail carries LIFECYCLE: requests; "" turns that source off.',
     )
 
@@ -325,16 +146,16 @@ class SuperviseConfig:
 
     agents: tuple[Identity, ...] = setting(
         (DEACON,),
-        _identities,
+        validate.identities,
         "Agents kept alive, each with its own crash-loop guard: mayor, deacon,\n"
         "<rig>-witness, <rig>-refinery, <rig>-crew-<name> (or slash forms).",
-        dump=_dash_forms,
+        dump=validate.dash_forms,
     )
     poke: tuple[Identity, ...] = setting(
         (DEACON,),
-        _identities,
+        validate.identities,
         "Which of them get the HEARTBEAT poke (a subset of agents).",
-        dump=_dash_forms,
+        dump=validate.dash_forms,
     )
 
     def check(self, src: Source) -> None:
@@ -351,7 +172,7 @@ class Config:
 
     town_root: pathlib.Path = setting(
         dataclasses.MISSING,
-        _town_root,
+        validate.town_root,
         "Where the town lives. Left unset, GT_TOWN_ROOT is used, else ~/gt;\n"
         "set here, it overrides GT_TOWN_ROOT.",
         dump=str,
@@ -359,7 +180,7 @@ class Config:
     )
     heartbeat_interval: float = setting(
         DEFAULT_HEARTBEAT_INTERVAL,
-        _duration,
+        validate.duration,
         'How often agents are checked and poked: "300s", "5m", "1h" or seconds.',
         dump=round,
         shown="5m",
@@ -385,7 +206,9 @@ def _sections() -> dict[str, type]:
     }
 
 
-def _check_keys(table: dict[str, t.Any], section: str, known: list[str], path: _Path) -> None:
+def _check_keys(
+    table: dict[str, t.Any], section: str, known: list[str], path: pathlib.Path | None
+) -> None:
     for key in table:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=1)
@@ -429,7 +252,7 @@ def load_config(
     _check_keys(raw, "", [name for name, _ in _settings(Config)] + list(sections), source)
     values = _read_table(Config, raw, "", src)
     for name, cls in sections.items():
-        table = _expect(raw.get(name, {}), dict, "a table", source, name)
+        table = validate.expect(raw.get(name, {}), dict, "a table", source, name)
         _check_keys(table, name, [key for key, _ in _settings(cls)], source)
         values[name] = section = cls(**_read_table(cls, table, name, src))
         if check := getattr(section, "check", None):

@@ -21,13 +21,13 @@ from gtd.config import (
     default_config_path,
     default_config_text,
     load_config,
-    parse_duration,
     read_config,
     resolve_config_path,
     to_dict,
     write_config_file,
 )
 from gtd.exc import ConfigError
+from gtd.validate import parse_duration
 
 HOME = pathlib.Path("/home/u")
 SRC = pathlib.Path("/etc/gastown/daemon.toml")
