@@ -21,7 +21,7 @@ import signal
 import time
 import typing as t
 
-from gtd import agents, environment, store
+from gtd import __version__, agents, environment, store
 from gtd import state as sv
 from gtd.actions import AgentActor
 from gtd.config import Config, read_config
@@ -39,6 +39,8 @@ from gtd.tmux import DEFAULT_TIMEOUT, PaneInfo, Tmux
 
 logger = logging.getLogger(__name__)
 
+PACKAGE_INIT = pathlib.Path(__file__).with_name("__init__.py")
+"""The installed package's version file: it changes on disk when gtd is upgraded."""
 TMUX_RETRY_MIN, TMUX_RETRY_MAX = 2.0, 60.0
 """While tmux does not answer, the listing is retried this often (doubling), not per heartbeat."""
 
@@ -133,6 +135,7 @@ class Daemon:
             started_at=store.now_iso(),
             heartbeat_count=previous.heartbeat_count,
             motd_index=previous.motd_index,
+            version=__version__,
         )
         self._supervise(previous.agents)
         self._save_state()
@@ -282,6 +285,7 @@ class Daemon:
                 self.poke(identity, panes, begun)
                 self.loop.tick()
             self.process_lifecycle()
+        self.check_upgrade()
         self.state.heartbeat_count += 1
         self.state.last_heartbeat = store.now_iso()
         self._save_state()
@@ -456,6 +460,22 @@ class Daemon:
             self._held_changed = False
             self._save_state()
 
+    def check_upgrade(self) -> None:
+        """Notice a newer gtd installed under the running one; say so, do not restart."""
+        installed = store.installed_version(PACKAGE_INIT)
+        if installed is None or not store.newer(installed, __version__):
+            self.problems.pop("upgrade", None)
+            return
+        note = (
+            f"gtd {installed} is installed, {__version__} runs: "
+            "systemctl --user restart gastown-daemon to apply"
+        )
+        if self.problems.get("upgrade") != note:
+            extra = {"MESSAGE_ID": Event.UPGRADE_PENDING.value}
+            extra |= {"GTD_INSTALLED_VERSION": installed, "GTD_RUNNING_VERSION": __version__}
+            logger.warning("%s", note, extra=extra)
+        self.problems["upgrade"] = note
+
     # -- reporting -----------------------------------------------------------------
 
     def status_text(self) -> str:
@@ -466,7 +486,7 @@ class Daemon:
             with contextlib.suppress(ValueError):
                 when = f" at {datetime.datetime.fromisoformat(last).strftime('%H:%M:%S')}"
         text = f"{', '.join(parts) or 'no agents'}; heartbeat #{self.state.heartbeat_count}{when}"
-        for topic in ("tmux", "command", "disk", "reload"):
+        for topic in ("tmux", "command", "disk", "reload", "upgrade"):
             if note := self.problems.get(topic):
                 text = f"{text}; {note}"
         return text

@@ -62,7 +62,7 @@ def daemon_state(config: Config) -> tuple[Json, store.DaemonState | None]:
     except GtdError as err:
         return {"path": str(path), "error": f"unreadable: {err}"}, None
     state = store.DaemonState.from_json(raw)
-    keys = ("running", "pid", "started_at", "last_heartbeat", "heartbeat_count")
+    keys = ("running", "pid", "started_at", "last_heartbeat", "heartbeat_count", "version")
     return {"path": str(path)} | {k: getattr(state, k) for k in keys}, state
 
 
@@ -191,7 +191,14 @@ def render(status: Json, now: datetime.datetime | None = None) -> str:
         lines.append(f"  since: {_ago(svc['since'], now)}")
         if svc["status_text"]:
             lines.append(f"  status: {svc['status_text']}")
-    lines.append(f"  version: gtd {svc['version']}")
+    running = state.get("version") if state.get("running") else None
+    if running and running != svc["version"]:
+        lines.append(
+            f"  version: gtd {svc['version']} installed; the daemon runs {running} "
+            "(systemctl --user restart gastown-daemon applies it)"
+        )
+    else:
+        lines.append(f"  version: gtd {svc['version']}")
     if "error" in state:
         lines.append(f"state: {state['path']} {state['error']}")
     else:

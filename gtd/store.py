@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import stat
 import tempfile
 import typing as t
@@ -153,6 +154,8 @@ class DaemonState:
     last_heartbeat: str = ""
     heartbeat_count: int = 0
     motd_index: int = -1
+    version: str = ""
+    """The gtd version of the daemon that wrote it."""
     agents: dict[str, t.Any] = dataclasses.field(default_factory=dict)
     """Each supervised agent's record by identity (:meth:`gtd.supervisor.Supervisor.record`)."""
 
@@ -199,3 +202,35 @@ def save_daemon_state(town: pathlib.Path, state: DaemonState) -> None:
     path = state_path(town)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, state.to_json())
+
+
+_VERSION_LINE = re.compile(r'^__version__ = "([^"]+)"$', re.MULTILINE)
+
+
+def installed_version(package_init: pathlib.Path) -> str | None:
+    """The ``__version__`` written in an installed ``gtd/__init__.py``, or None.
+
+    A running daemon reads its own package file to notice an upgrade installed under
+    it (the file on disk changes; the code in memory does not).
+    """
+    try:
+        text = package_init.read_text(errors="replace")[:4096]
+    except OSError:
+        return None
+    match = _VERSION_LINE.search(text)
+    return match.group(1) if match else None
+
+
+def newer(installed: str, running: str) -> bool:
+    """Whether *installed* is a later version than *running* (dotted numbers).
+
+    >>> newer("0.10.0", "0.9.1"), newer("0.2.0", "0.2.0"), newer("1.0", "1.0.1")
+    (True, False, False)
+    >>> newer("0.3.0rc1", "0.2.0")
+    True
+    """
+
+    def key(version: str) -> tuple[int, ...]:
+        return tuple(int(m) for m in re.findall(r"\d+", version.split("+")[0])[:4])
+
+    return key(installed) > key(running)

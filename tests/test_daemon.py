@@ -392,3 +392,34 @@ def test_status_json_shows_each_supervised_agent(
     text = capsys.readouterr().out
     assert "mayor: session gt-mayor pane " in text
     assert ", restarts 1" in text
+
+
+def test_a_newer_installed_gtd_is_noticed_not_applied(
+    gtd: Gtd, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An upgrade installed under a running daemon shows in STATUS and the journal.
+
+    The daemon runs from a copy of the package; writing a newer version into that
+    copy's __init__.py is what an upgrade does on disk. The daemon keeps running.
+    """
+    import shutil
+
+    import gtd as package
+
+    site = tmp_path / "site"
+    shutil.copytree(pathlib.Path(package.__file__).parent, site / "gtd")
+    gtd.write_config(heartbeat_interval="1")
+    gtd.start(PYTHONPATH=str(site), PYTHONSAFEPATH="1")  # not the checkout in the cwd
+    assert retry_until(lambda: gtd.notify.has("READY=1"), 10), gtd.log()
+    init = site / "gtd" / "__init__.py"
+    init.write_text(init.read_text().replace(package.__version__, "99.0.0"))
+
+    def noticed() -> bool:
+        return any("gtd 99.0.0 is installed" in s for s in gtd.notify.statuses())
+
+    assert retry_until(noticed, 10), gtd.notify.statuses()[-2:]
+    assert f"gtd 99.0.0 is installed, {package.__version__} runs" in gtd.log()
+    assert 1 == gtd.log().count("is installed")  # said once, not every heartbeat
+    assert gtd.proc is not None
+    assert gtd.proc.poll() is None
+    assert package.__version__ == gtd.state()["version"]
