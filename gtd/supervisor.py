@@ -217,8 +217,9 @@ class Supervisor:
             try:
                 fd = os.pidfd_open(watched)
             except ProcessLookupError:
-                self.loop.at(("exit", self.identity), self.clock(), self._wake)
-                continue
+                if watched == pid:  # the agent itself: look again at once
+                    self.loop.at(("exit", self.identity), self.clock(), self._wake)
+                continue  # a wrapper already gone: its pane shows dead in the next listing
             self._fds[watched] = fd
             self.loop.watch(fd, self._exited)
 
