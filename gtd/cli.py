@@ -11,7 +11,7 @@ import pathlib
 import sys
 import typing as t
 
-from gtd import __version__, actions, agents, config, lifecycle, store, systemd
+from gtd import __version__, actions, agents, config, journal, lifecycle, store, systemd
 from gtd.exc import EX_CONFIG, ConfigError, GtdError, IdentityError, RequestError
 from gtd.identities import DEACON, identity_from_session, parse_identity
 from gtd.logs import setup_logging
@@ -37,6 +37,10 @@ class Namespace(argparse.Namespace):
     action: str
     agent_command: str
     wait: bool
+    follow: bool
+    lines: int | None
+    since: str | None
+    logs_identity: str | None
 
 
 def create_parser() -> argparse.ArgumentParser:
@@ -63,6 +67,7 @@ def create_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     create_run_subparser(sub)
     create_status_subparser(sub)
+    create_logs_subparser(sub)
     create_config_subparser(sub)
     create_units_subparser(sub)
     create_request_subparser(sub)
@@ -98,6 +103,50 @@ def create_status_subparser(sub: Subparsers[argparse.ArgumentParser]) -> None:
             "restarts), the daemon's state.json, the deacon and every agent session. "
             "Exit status 0 when the service is active, 3 when it is not."
         ),
+    )
+
+
+def _count(text: str) -> int:
+    """A non-negative integer option value (argparse turns the ValueError into a usage error)."""
+    value = int(text)
+    if value < 0:
+        msg = f"not a count: {text}"
+        raise ValueError(msg)
+    return value
+
+
+def create_logs_subparser(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    """``gtd logs [-f] [-n N] [--identity IDENTITY] [--since TIME]``."""
+    parser = sub.add_parser(
+        "logs",
+        help="the service's journal (what journalctl --user -u gastown-daemon shows)",
+        description=(
+            "Print the journal of gastown-daemon.service for this user: the service's own "
+            "entries and what the user manager said about it, each with its GTD_* fields. "
+            "Read with python-systemd's journal reader; journalctl --user -x -u "
+            "gastown-daemon shows the same with catalog explanations."
+        ),
+    )
+    parser.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing new entries until Ctrl-C"
+    )
+    parser.add_argument(
+        "-n",
+        "--lines",
+        type=_count,
+        metavar="N",
+        help=f"only the last N entries (with -f and without -n: {journal.FOLLOW_LINES})",
+    )
+    parser.add_argument(
+        "--identity",
+        dest="logs_identity",
+        metavar="IDENTITY",
+        help="only the service's entries about this agent (GTD_IDENTITY), e.g. deacon",
+    )
+    parser.add_argument(
+        "--since",
+        metavar="TIME",
+        help="from TIME on: YYYY-MM-DD [HH:MM[:SS]], HH:MM, today, yesterday, 10m, '2 hours ago'",
     )
 
 
@@ -228,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     commands: dict[str, t.Callable[[Namespace], int]] = {
         "run": command_run,
         "status": command_status,
+        "logs": command_logs,
         "config": command_config,
         "units": command_units,
         "request": command_request,
@@ -355,6 +405,34 @@ def print_agents(panes: t.Sequence[PaneInfo], cfg: config.Config) -> int:
         )
         count += 1
     return count
+
+
+def command_logs(args: Namespace) -> int:
+    """Print (and with -f follow) the service's journal."""
+    import datetime
+
+    identity = parse_identity(args.logs_identity).dash if args.logs_identity else None
+    try:
+        since = (
+            journal.parse_since(args.since, datetime.datetime.now().astimezone())
+            if args.since is not None
+            else None
+        )
+    except journal.TimeError as err:
+        print(f"gtd: {err}", file=sys.stderr)
+        return EX_USAGE
+    try:
+        journal.show(
+            lines=args.lines,
+            since=since,
+            identity=identity,
+            follow=args.follow,
+            write=lambda line: print(line, flush=True),
+        )
+    except BrokenPipeError:
+        # `gtd logs | head`: the reader left; say nothing more (Python's own recipe).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
 
 
 def command_config(args: Namespace) -> int:
