@@ -192,9 +192,19 @@ def create_units_subparser(sub: Subparsers[argparse.ArgumentParser]) -> None:
     install = usub.add_parser(
         "install",
         help="write the units and reload",
-        description="Write the units and run daemon-reload; --now also enables and starts them.",
+        description=(
+            "Write the units and run daemon-reload; --now also enables and starts them. "
+            "Refuses when no user manager answers, and when the units there run another "
+            "program (unless --force). Says how to keep the agents running after logout "
+            "when linger is off."
+        ),
     )
     install.add_argument("--now", action="store_true", help="enable and start them too")
+    install.add_argument(
+        "--force",
+        action="store_true",
+        help="replace units that run another program (e.g. another installation's gtd)",
+    )
     usub.add_parser(
         "uninstall",
         help="stop and disable the daemon, remove the units",
@@ -455,18 +465,33 @@ def command_config(args: Namespace) -> int:
 
 
 def command_units(args: Namespace) -> int:
-    """``units install [--now]`` / ``units uninstall``."""
+    """``units install [--now] [--force]`` / ``units uninstall``."""
     unit_dir = systemd.user_unit_dir(os.environ, pathlib.Path.home())
     if args.units_command == "install":
         gtd = systemd.gtd_executable()
         cfg, _, _ = load(args)
-        written = systemd.install_units(gtd, unit_dir, cfg.town_root, now=args.now)
+        written = systemd.install_units(
+            gtd, unit_dir, cfg.town_root, now=args.now, force=args.force
+        )
         for path in written:
             print(f"wrote {path}")
         print(
             f"units in {unit_dir} run {gtd} for town {cfg.town_root}"
             + ("; enabled and started" if args.now else "")
         )
+        user = getpass.getuser()
+        lingers = systemd.linger(user)
+        if lingers is False:
+            print(
+                f"note: linger is off for {user}: your user manager, and the agents with it, "
+                f"stop when you log out. To keep them running: sudo loginctl enable-linger {user}"
+            )
+        elif lingers is None:
+            print(
+                f"note: could not ask logind whether {user} lingers (loginctl show-user "
+                f"{user}); if the agents must keep running after you log out: "
+                f"sudo loginctl enable-linger {user}"
+            )
         return 0
     for path in systemd.uninstall_units(unit_dir):
         print(f"removed {path}")
