@@ -26,7 +26,7 @@ SYSTEMCTL_TIMEOUT = 30.0
 DAEMON_TEMPLATE = """\
 [Unit]
 Description=Gas Town daemon (gtd): keeps the deacon agent alive and carries out lifecycle requests
-Documentation=https://github.com/steveyegge/gastown
+Documentation=man:gtd(1) https://github.com/steveyegge/gastown
 Wants={tmux_unit}
 After={tmux_unit}
 StartLimitIntervalSec=10min
@@ -83,7 +83,7 @@ WantedBy=default.target
 TMUX_TEMPLATE = """\
 [Unit]
 Description=Gas Town tmux server (the agents' home, outside the daemon's cgroup)
-Documentation=man:tmux(1)
+Documentation=man:gtd(1) man:tmux(1)
 
 [Service]
 Type=simple

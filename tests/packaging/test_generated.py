@@ -155,3 +155,14 @@ def test_completion_skips_option_values() -> None:
     """A value after --config is not read as a subcommand; files are offered for it."""
     assert ["check", "init", "show"] == sorted(complete("gtd --config units config "))
     assert str(PACKAGING / "gtd.1") in complete(f"gtd --config {PACKAGING}/gtd.")
+
+
+def test_units_point_to_the_man_page() -> None:
+    """Both units, rendered and packaged, name gtd(1) first in Documentation=."""
+    from gtd import systemd
+
+    for name, text in systemd.render_units("/usr/bin/gtd").items():
+        for unit in (text, (REPO / "units" / name).read_text()):
+            docs = [ln for ln in unit.splitlines() if ln.startswith("Documentation=")]
+            assert 1 == len(docs), name
+            assert docs[0].removeprefix("Documentation=").split()[0] == "man:gtd(1)", name
