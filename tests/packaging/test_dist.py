@@ -45,6 +45,21 @@ PACKAGED = {
 }
 
 
+#: Each runtime dependency's package: Debian, Arch. A dependency gtd drops must go from
+#: debian/control and the PKGBUILD too (Fedora generates them from the metadata).
+DISTRO_NAMES = {
+    "systemd-python": ("python3-systemd", "python-systemd"),
+    "sdnotify": ("python3-sdnotify", "python-sdnotify"),
+    "tomli-w": ("python3-tomli-w", "python-tomli-w"),
+    "libtmux": ("python3-libtmux", "python-libtmux"),
+}
+
+
+def requirement_name(requirement: str) -> str:
+    """The project name of a PEP 508 requirement, lower case."""
+    return re.split(r"[<>=!~;\[ ]", requirement.strip(), maxsplit=1)[0].lower()
+
+
 class Dists(t.NamedTuple):
     sdist: pathlib.Path
     wheel: pathlib.Path
@@ -93,8 +108,8 @@ def test_wheel_has_entry_point_units_and_data(dists: Dists) -> None:
     runtime = [
         ln for ln in metadata.splitlines() if ln.startswith("Requires-Dist:") and "extra" not in ln
     ]
-    assert ["sdnotify", "systemd-python", "tomli-w"] == sorted(
-        re.split(r"[<>=; ]", ln.removeprefix("Requires-Dist: "))[0] for ln in runtime
+    assert sorted(map(requirement_name, PYPROJECT["project"]["dependencies"])) == sorted(
+        requirement_name(ln.removeprefix("Requires-Dist: ")) for ln in runtime
     )
     assert {f"gtd/{p.name}" for p in (REPO / "gtd").glob("*.py")} <= names
     # The units `gtd units install` writes come from the wheel's own gtd.systemd.
@@ -206,8 +221,11 @@ def test_pkgbuild_srcinfo_matches_the_project(dists: Dists) -> None:
     [source] = fields["source"]
     assert source.endswith("/" + dists.sdist.name)
     assert f"/packages/source/{STEM[0]}/{STEM}/" in source
-    assert {"python-systemd", "python-sdnotify", "python-tomli-w", "tmux", "systemd"} <= set(
-        fields["depends"]
+    runtime = {DISTRO_NAMES[requirement_name(r)][1] for r in PYPROJECT["project"]["dependencies"]}
+    python_deps = {d for d in fields["depends"] if d.startswith("python-")}
+    assert (runtime, {"python", "tmux", "systemd"}) == (
+        python_deps,
+        set(fields["depends"]) - python_deps,
     )
     assert {"python-build", "python-installer", "python-hatchling"} <= set(fields["makedepends"])
 
@@ -290,3 +308,14 @@ def test_rpm_scriptlets_use_the_user_unit_macros() -> None:
     assert f"%systemd_user_preun {both}" in spec["preun"]
     assert "%systemd_user_postun_with_restart gastown-daemon.service\n" in spec["postun"] + "\n"
     assert "%systemd_user_postun gastown-tmux.service" in spec["postun"]
+
+
+def test_debian_depends_on_the_runtime_dependencies() -> None:
+    """debian/control depends on Debian's package for each runtime dependency, and no other."""
+    control = (PACKAGING / "debian" / "control").read_text()
+    binary = control.split("\nPackage: gtd\n", 1)[1]
+    depends = binary.split("Depends:", 1)[1].split("\nDescription:", 1)[0]
+    names = {d.strip().split()[0] for d in depends.replace("\n", " ").split(",") if d.strip()}
+    runtime = {DISTRO_NAMES[requirement_name(r)][0] for r in PYPROJECT["project"]["dependencies"]}
+    assert runtime == {n for n in names if n.startswith("python3-")}
+    assert {"tmux", "systemd"} <= names

@@ -205,6 +205,10 @@ def test_readme_install_command(manager: UserManager, tmp_path: pathlib.Path) ->
         '[lifecycle]\ngt_command = ""\n',
     )
     venv = manager.home / "install-venv"
+    # A fresh user has no units; earlier tests' units run another gtd, which
+    # `gtd units install` rightly refuses to overwrite without --force.
+    for name in (DAEMON, TMUX):
+        (manager.unit_dir / name).unlink(missing_ok=True)
     try:
         proc = manager.run(
             str(clone / "scripts" / "install"),

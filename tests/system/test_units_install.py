@@ -8,6 +8,7 @@ which finds no logind, covers "unknown".
 from __future__ import annotations
 
 import pathlib
+import secrets
 
 from tests.system.towns import DAEMON, Town
 
@@ -28,7 +29,7 @@ def fake_loginctl(town: Town, answer: str) -> tuple[dict[str, str], pathlib.Path
 
 def test_no_user_manager_is_explained_and_nothing_written(town: Town) -> None:
     """Without a reachable manager: exit 1, what to do, no traceback, no file written."""
-    config_home = town.um.home / "other-config"
+    config_home = town.um.home / f"other-config-{secrets.token_hex(4)}"
     env = {"XDG_RUNTIME_DIR": "/nonexistent", "XDG_CONFIG_HOME": str(config_home)}
     proc = town.um.run(str(town.gtd), "units", "install", check=False, env=env)
     assert (1, "") == (proc.returncode, proc.stdout)
