@@ -12,7 +12,7 @@ import pathlib
 import sys
 import typing as t
 
-from gtd import __version__, actions, agents, config, environment, lifecycle, systemd
+from gtd import __version__, actions, agents, config, environment, journal, lifecycle, systemd
 from gtd.exc import EX_CONFIG, ConfigError, GtdError, IdentityError, RequestError, WorkdirMissing
 from gtd.identities import DEACON, identity_from_session, parse_identity
 from gtd.logs import setup_logging
@@ -41,6 +41,10 @@ class Namespace(argparse.Namespace):
     agent_command: str
     wait: bool
     json: bool
+    follow: bool
+    lines: int | None
+    since: str | None
+    logs_identity: str | None
 
 
 def create_parser() -> argparse.ArgumentParser:
@@ -67,6 +71,7 @@ def create_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     create_run_subparser(sub)
     create_status_subparser(sub)
+    create_logs_subparser(sub)
     create_config_subparser(sub)
     create_units_subparser(sub)
     create_request_subparser(sub)
@@ -112,6 +117,50 @@ def create_status_subparser(sub: Subparsers[argparse.ArgumentParser]) -> None:
     )
 
 
+def _count(text: str) -> int:
+    """A non-negative integer option value (argparse turns the ValueError into a usage error)."""
+    value = int(text)
+    if value < 0:
+        msg = f"not a count: {text}"
+        raise ValueError(msg)
+    return value
+
+
+def create_logs_subparser(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    """``gtd logs [-f] [-n N] [--identity IDENTITY] [--since TIME]``."""
+    parser = sub.add_parser(
+        "logs",
+        help="the service's journal (what journalctl --user -u gastown-daemon shows)",
+        description=(
+            "Print the journal of gastown-daemon.service for this user: the service's own "
+            "entries and what the user manager said about it, each with its GTD_* fields. "
+            "Read with python-systemd's journal reader; journalctl --user -x -u "
+            "gastown-daemon shows the same with catalog explanations."
+        ),
+    )
+    parser.add_argument(
+        "-f", "--follow", action="store_true", help="keep printing new entries until Ctrl-C"
+    )
+    parser.add_argument(
+        "-n",
+        "--lines",
+        type=_count,
+        metavar="N",
+        help=f"only the last N entries (with -f and without -n: {journal.FOLLOW_LINES})",
+    )
+    parser.add_argument(
+        "--identity",
+        dest="logs_identity",
+        metavar="IDENTITY",
+        help="only the service's entries about this agent (GTD_IDENTITY), e.g. deacon",
+    )
+    parser.add_argument(
+        "--since",
+        metavar="TIME",
+        help="from TIME on: YYYY-MM-DD [HH:MM[:SS]], HH:MM, today, yesterday, 10m, '2 hours ago'",
+    )
+
+
 def create_config_subparser(sub: Subparsers[argparse.ArgumentParser]) -> None:
     """``gtd config check|show|init``."""
     parser = sub.add_parser(
@@ -154,9 +203,19 @@ def create_units_subparser(sub: Subparsers[argparse.ArgumentParser]) -> None:
     install = usub.add_parser(
         "install",
         help="write the units and reload",
-        description="Write the units and run daemon-reload; --now also enables and starts them.",
+        description=(
+            "Write the units and run daemon-reload; --now also enables and starts them. "
+            "Refuses when no user manager answers, and when the units there run another "
+            "program (unless --force). Says how to keep the agents running after logout "
+            "when linger is off."
+        ),
     )
     install.add_argument("--now", action="store_true", help="enable and start them too")
+    install.add_argument(
+        "--force",
+        action="store_true",
+        help="replace units that run another program (e.g. another installation's gtd)",
+    )
     usub.add_parser(
         "uninstall",
         help="stop and disable the daemon, remove the units",
@@ -239,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     commands: dict[str, t.Callable[[Namespace], int]] = {
         "run": command_run,
         "status": command_status,
+        "logs": command_logs,
         "config": command_config,
         "units": command_units,
         "request": command_request,
@@ -322,6 +382,34 @@ def print_agents(panes: t.Sequence[PaneInfo], cfg: config.Config) -> int:
     return count
 
 
+def command_logs(args: Namespace) -> int:
+    """Print (and with -f follow) the service's journal."""
+    import datetime
+
+    identity = parse_identity(args.logs_identity).dash if args.logs_identity else None
+    try:
+        since = (
+            journal.parse_since(args.since, datetime.datetime.now().astimezone())
+            if args.since is not None
+            else None
+        )
+    except journal.TimeError as err:
+        print(f"gtd: {err}", file=sys.stderr)
+        return EX_USAGE
+    try:
+        journal.show(
+            lines=args.lines,
+            since=since,
+            identity=identity,
+            follow=args.follow,
+            write=lambda line: print(line, flush=True),
+        )
+    except BrokenPipeError:
+        # `gtd logs | head`: the reader left; say nothing more (Python's own recipe).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
 def command_config(args: Namespace) -> int:
     """``config check|show|init``."""
     home = pathlib.Path.home()
@@ -363,21 +451,36 @@ def check_environment(cfg: config.Config, home: pathlib.Path) -> int:
 
 
 def command_units(args: Namespace) -> int:
-    """``units install [--now]`` / ``units uninstall``."""
+    """``units install [--now] [--force]`` / ``units uninstall``."""
     unit_dir = systemd.user_unit_dir(os.environ, pathlib.Path.home())
     if args.units_command == "install":
         gtd = systemd.gtd_executable()
         cfg, _, _ = load(args)
+        written = systemd.install_units(
+            gtd, unit_dir, cfg.town_root, now=args.now, force=args.force
+        )
         env_file = environment.env_file(os.environ, pathlib.Path.home())
         if environment.ensure_env_file(env_file):
             print(f"wrote {env_file} (the agents' environment; mode 0600)")
-        written = systemd.install_units(gtd, unit_dir, cfg.town_root, now=args.now)
         for path in written:
             print(f"wrote {path}")
         print(
             f"units in {unit_dir} run {gtd} for town {cfg.town_root}"
             + ("; enabled and started" if args.now else "")
         )
+        user = getpass.getuser()
+        lingers = systemd.linger(user)
+        if lingers is False:
+            print(
+                f"note: linger is off for {user}: your user manager, and the agents with it, "
+                f"stop when you log out. To keep them running: sudo loginctl enable-linger {user}"
+            )
+        elif lingers is None:
+            print(
+                f"note: could not ask logind whether {user} lingers (loginctl show-user "
+                f"{user}); if the agents must keep running after you log out: "
+                f"sudo loginctl enable-linger {user}"
+            )
         return 0
     for path in systemd.uninstall_units(unit_dir):
         print(f"removed {path}")

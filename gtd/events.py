@@ -2,7 +2,7 @@
 
 ``journalctl --user -x -u gastown-daemon`` explains an entry that carries one of
 these ids from the catalog the packages install (``packaging/gtd.catalog``, built
-from :data:`CATALOG` by ``packaging/make-catalog``). Log an event with
+from :data:`CATALOG` by ``packaging/generate.py``). Log an event with
 ``logger.warning("...", extra=events.fields(Event.AGENT_DIED, GTD_IDENTITY=...))``.
 The ids never change: scripts filter on them (``journalctl MESSAGE_ID=...``).
 """

@@ -26,7 +26,7 @@ SYSTEMCTL_TIMEOUT = 30.0
 DAEMON_TEMPLATE = """\
 [Unit]
 Description=Gas Town daemon (gtd): keeps the deacon agent alive and carries out lifecycle requests
-Documentation=https://github.com/steveyegge/gastown
+Documentation=man:gtd(1) https://github.com/steveyegge/gastown
 Wants={tmux_unit}
 After={tmux_unit}
 StartLimitIntervalSec=10min
@@ -83,7 +83,7 @@ WantedBy=default.target
 TMUX_TEMPLATE = """\
 [Unit]
 Description=Gas Town tmux server (the agents' home, outside the daemon's cgroup)
-Documentation=man:tmux(1)
+Documentation=man:gtd(1) man:tmux(1)
 
 [Service]
 Type=simple
@@ -217,18 +217,93 @@ def start_tmux_server(socket: str, config_path: pathlib.Path | None) -> None:
     logger.info("started tmux server for socket %s in transient %s", socket or "(default)", unit)
 
 
+NO_MANAGER_HELP = (
+    "gtd runs as a systemd user service, so it needs your user manager: log in so that "
+    "one starts (a desktop, console or ssh login; su and sudo start none), or as root run "
+    "`loginctl enable-linger USER` and then, as USER, `export XDG_RUNTIME_DIR=/run/user/$(id -u)`"
+)
+
+
+def check_user_manager() -> None:
+    """Make sure ``systemctl --user`` reaches a user manager.
+
+    Raises
+    ------
+    SystemdError
+        None answers (no login session, no ``XDG_RUNTIME_DIR``, a plain ``su``); the
+        message quotes systemctl and says what to do.
+    """
+    try:
+        systemctl("show", "-p", "Version", timeout=10)
+    except SystemdError as err:
+        msg = f"no systemd user manager answers ({err}). {NO_MANAGER_HELP}"
+        raise SystemdError(msg) from None
+
+
+def linger(user: str) -> bool | None:
+    """Whether logind keeps *user*'s manager running after logout; None when unknown."""
+    try:
+        proc = run_bounded(["loginctl", "show-user", user, "-p", "Linger", "--value"], timeout=10)
+    except (FileNotFoundError, Timeout):
+        return None
+    answer = proc.stdout.strip()
+    return {"yes": True, "no": False}.get(answer) if proc.returncode == 0 else None
+
+
+def unit_exec(text: str) -> str | None:
+    r"""The executable of a unit's first ``ExecStart=``, or None.
+
+    >>> unit_exec("[Service]\nExecStart=-/usr/bin/gtd run\n")
+    '/usr/bin/gtd'
+    """
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.strip() == "ExecStart" and value.split():
+            return value.split()[0].lstrip("-@:+!")
+    return None
+
+
 def install_units(
-    gtd: str, unit_dir: pathlib.Path, town: pathlib.Path, *, now: bool, reload: bool = True
+    gtd: str,
+    unit_dir: pathlib.Path,
+    town: pathlib.Path,
+    *,
+    now: bool,
+    reload: bool = True,
+    force: bool = False,
 ) -> list[pathlib.Path]:
     """Write the units for *gtd* and *town* into *unit_dir*, reload, with *now* enable --now.
 
-    Creates the town root (the service itself may not create it: its home is
-    read-only). Idempotent: files are rewritten atomically only when their text changed.
+    With *reload*, first checks that a user manager answers, and writes nothing when
+    none does. Creates the town root (the service itself may not create it: its
+    home is read-only). Idempotent: files are rewritten atomically only when their
+    text changed.
+
+    Raises
+    ------
+    SystemdError
+        No user manager answers (with *reload*); or, without *force*, a unit already
+        in *unit_dir* runs another program than *gtd* (another installation of gtd,
+        or something else): nothing is written then.
     """
+    if reload:
+        check_user_manager()
+    rendered = render_units(gtd, str(town))
+    for name in rendered:
+        path = unit_dir / name
+        if force or not path.is_file():
+            continue
+        other = unit_exec(path.read_text(errors="replace"))
+        if other is not None and other != gtd:
+            msg = (
+                f"{path} runs {other}, not this gtd ({gtd}); nothing written. Use that "
+                f"installation, or replace its units with: {gtd} units install --force"
+            )
+            raise SystemdError(msg)
     unit_dir.mkdir(parents=True, exist_ok=True)
     town.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, text in render_units(gtd, str(town)).items():
+    for name, text in rendered.items():
         path = unit_dir / name
         if not path.exists() or path.read_text() != text:
             atomic_write(path, text.encode())
@@ -244,7 +319,15 @@ def uninstall_units(unit_dir: pathlib.Path) -> list[pathlib.Path]:
     """Disable and stop the daemon unit, remove both unit files, reload.
 
     The tmux unit is disabled but not stopped: stopping it would end every agent.
+    Units a distribution package installed (in ``/usr/lib/systemd/user``) are not
+    touched; only *unit_dir*'s.
+
+    Raises
+    ------
+    SystemdError
+        No user manager answers (checked first: nothing is removed then).
     """
+    check_user_manager()
     systemctl("disable", "--now", DAEMON_UNIT, check=False)
     systemctl("disable", TMUX_UNIT, check=False)
     removed = []

@@ -131,7 +131,8 @@ def town(manager: UserManager, gtd_venv: pathlib.Path) -> Iterator[Town]:
     if not (fake / "node").is_symlink():
         (fake / "node").symlink_to("/usr/bin/python3")
     town.write_config()
-    out = town.gtd_cmd("units", "install")
+    # --force: units an earlier test left in the shared home may run another gtd.
+    out = town.gtd_cmd("units", "install", "--force")
     assert f"units in {manager.unit_dir} run {town.gtd}" in out
     assert (manager.unit_dir / DAEMON).exists()
     town.cursor = manager.journal_cursor()
