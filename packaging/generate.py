@@ -188,6 +188,13 @@ configured town; they take precedence over the packaged ones.
 \fI/usr/lib/systemd/catalog/gtd.catalog\fR
 The journal catalog: \fBjournalctl \-x\fR explains each event gtd logs with a
 MESSAGE_ID and says what to do.
+.TP
+\fI$XDG_CONFIG_HOME/gastown/agent.env\fR (else \fI~/.config/gastown/agent.env\fR)
+The agents' environment: \fBKEY=VALUE\fR lines that \fIgastown\-tmux.service\fR
+reads (\fBEnvironmentFile=\fR), so every agent pane has them. Secrets the agents
+need (\fBANTHROPIC_API_KEY\fR) belong here, mode 0600, never in a unit file.
+\fBgtd units install\fR writes a commented template. A \fBPATH\fR set here is
+also where gtd looks for the agent command, \fBgt\fR, \fBbd\fR and \fBgit\fR.
 .SH ENVIRONMENT
 .TP
 \fBGTD_CONFIG\fR
@@ -204,6 +211,14 @@ The town root when the config sets no \fBtown_root\fR; default \fI~/gt\fR.
 Set by systemd for \fBgtd run\fR: where READY/STATUS/WATCHDOG go, the watchdog
 interval, and whether stderr is the journal (then gtd logs there with structured
 GTD_* fields).
+.TP
+\fBPATH\fR
+Units run with the user manager's PATH, not a login shell's. gtd searches that
+PATH plus \fI~/.local/bin\fR (Claude Code's native installer), the npm user prefix
+(\fBNPM_CONFIG_PREFIX\fR or \fBprefix=\fR in \fI~/.npmrc\fR) and \fI~/bin\fR, or
+exactly the \fBPATH\fR in the agent environment file, and gives that PATH to every
+agent and helper. A command it cannot find is named, with the PATH, in STATUS and
+by \fBgtd config check\fR.
 .TP
 \fBGT_ROLE\fR, \fBBD_ACTOR\fR, \fBGT_RIG\fR, \fBGT_REFINERY\fR
 Set by gtd in every agent's own environment (never inherited from the daemon's).
