@@ -35,6 +35,9 @@ StartLimitBurst=10
 [Service]
 Type=notify
 NotifyAccess=main
+# The sandbox below lets the daemon write only to the town, so it cannot create the
+# town itself; '+' runs this one step without it (a packaged install on a new account).
+ExecStartPre=+/bin/mkdir -p {town}
 ExecStart={gtd} run
 ExecReload=/bin/kill -HUP $MAINPID
 Restart=on-failure
