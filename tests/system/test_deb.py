@@ -208,12 +208,15 @@ def test_deb_installs_runs_explains_and_removes_cleanly(debs: Debs, packaged_tow
 ENQUEUE = """
 import json, pathlib, sys
 from gtd import actions, lifecycle
+from gtd.identities import parse_identity
+from gtd.request import Action
+from gtd.spool import Spool
 town = pathlib.Path(sys.argv[1])
 ids = []
 for i in range(int(sys.argv[2])):
-    ident = f"r-crew-n{i}"
-    actions.set_request_flag(town, ident, "shutdown")
-    ids.append(lifecycle.enqueue(town, ident, "shutdown", sender="upgrade-test"))
+    ident = parse_identity(f"r-crew-n{i}")
+    actions.set_request_flag(town, ident, Action.SHUTDOWN)
+    ids.append(lifecycle.submit(Spool(town), ident, Action.SHUTDOWN, sender="upgrade-test").id)
 print(json.dumps(ids))
 """
 
