@@ -165,13 +165,15 @@ def _limit(below: list[str], last: list[str]) -> Reading | None:
             return Reading(Condition.LIMITED, detail + (", continues by itself" if auto else ""),
                            resets=resets)  # fmt: skip
     for line in last:
+        if not line.lstrip().startswith(("●", "⎿")):
+            continue  # only the agent's answers and notes; never the banner or a path
         if "You've hit your" in line:
             when = _RESETS.search(line)
             resets = when.group("when") if when else None
             what = line.split("You've hit your", 1)[1].split("·")[0].strip()
             return Reading(Condition.LIMITED, what + (f", resets {resets}" if resets else ""),
                            resets=resets)  # fmt: skip
-        if "Request rejected (429)" in line or "rate_limit_error" in line:
+        if "API Error" in line and "(429)" in line:
             return Reading(Condition.LIMITED, "rate limited (API error 429)")
     return None
 

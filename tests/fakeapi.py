@@ -28,6 +28,7 @@ import dataclasses
 import http.server
 import itertools
 import json
+import re
 import socketserver
 import threading
 import time
@@ -165,6 +166,23 @@ class Request:
         return typed_text(message.get("content"))
 
 
+def typed_blocks(content: t.Any) -> list[str]:
+    r"""The typed text blocks of a user message's content, in order (reminders left out).
+
+    After an API error Claude Code keeps the failed message and sends the next one in
+    the same user message, as a block of its own: ``["too fast\n", "HEARTBEAT: x"]``.
+    """
+    if isinstance(content, str):
+        return [content]
+    return [
+        str(b.get("text", ""))
+        for b in (content if isinstance(content, list) else [])
+        if isinstance(b, dict)
+        and b.get("type") == "text"
+        and not str(b.get("text", "")).lstrip().startswith(SYSTEM_REMINDER)
+    ]
+
+
 def typed_text(content: t.Any) -> str | None:
     """The typed part of a user message's content; None when it is only tool results.
 
@@ -176,18 +194,27 @@ def typed_text(content: t.Any) -> str | None:
     >>> typed_text([{"type": "tool_result", "tool_use_id": "t", "content": "ok"}]) is None
     True
     """
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        return None
-    texts = [
-        b.get("text", "")
-        for b in content
-        if isinstance(b, dict)
-        and b.get("type") == "text"
-        and not str(b.get("text", "")).lstrip().startswith(SYSTEM_REMINDER)
-    ]
+    texts = typed_blocks(content)
     return "\n".join(texts) if texts else None
+
+
+_PASTED = re.compile(
+    r'\s*<pasted_content id="(\w+)">\n(.*?)\n</pasted_content id="\1">\s*', re.DOTALL
+)
+
+
+def unpaste(text: str) -> str:
+    r"""The text as typed, from a turn where Claude Code wrapped a long input it collapsed.
+
+    Typed input over 800 characters shows as ``[Pasted text #1]`` and reaches the
+    model as ``<pasted_content id="...">`` ... ``</pasted_content id="...">``.
+
+    >>> unpaste('\n\n<pasted_content id="703f">\nyyy\n</pasted_content id="703f">\n')
+    'yyy'
+    >>> unpaste("plain")
+    'plain'
+    """
+    return _PASTED.sub(lambda m: m.group(2), text)
 
 
 def tool_results(content: t.Any) -> list[str]:

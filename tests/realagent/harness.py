@@ -199,9 +199,10 @@ class RealAgent:
             *program, *self.options.args,
         ]  # fmt: skip
 
-    def start(self) -> None:
-        """Prepare the home, start the tmux server and the agent's session (no waiting)."""
-        self.prepare()
+    def start(self, *, prepare: bool = True) -> None:
+        """Prepare the home (unless told not to), start tmux and the agent (no waiting)."""
+        if prepare:
+            self.prepare()
         self._server = subprocess.Popen(
             ["tmux", "-L", self.tmux.socket, "-f", "/dev/null", "-D"],
             stdin=subprocess.DEVNULL,
@@ -268,7 +269,8 @@ class RealAgent:
             if predicate(screen):
                 return screen
             if time.monotonic() > deadline:
-                msg = f"waited {timeout}s for {what}; last screen:\n{show(screen)}"
+                reading = self.ui.read(screen)
+                msg = f"waited {timeout}s for {what}; last {reading}:\n{show(screen)}"
                 raise WaitFailed(msg)
             time.sleep(0.05)
 
