@@ -24,6 +24,7 @@ outlives a test. :meth:`FakeAPI.close` releases every gate and joins the thread.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.server
 import itertools
@@ -473,7 +474,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 reply = text("Test session")
             if reply.gate is not None:
                 reply.gate.wait(api.hold_timeout)
-            self._answer(reply, stream=bool(isinstance(body, dict) and body.get("stream")))
+            # The agent may give up on the request (Escape interrupts a turn).
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                self._answer(reply, stream=bool(isinstance(body, dict) and body.get("stream")))
 
     def _answer(self, reply: Reply, *, stream: bool) -> None:
         if reply.status != 200:
@@ -503,8 +506,5 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._write(payload)
 
     def _write(self, payload: bytes) -> None:
-        try:
-            self.wfile.write(payload)
-            self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError):
-            pass
+        self.wfile.write(payload)
+        self.wfile.flush()
