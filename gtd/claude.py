@@ -185,6 +185,8 @@ def _without_box(screen: Screen) -> Reading:
         return Reading(Condition.DIALOG, "folder-trust dialog")
     if "Bypass Permissions mode" in text and "Yes, I accept" in text:
         return Reading(Condition.DIALOG, "bypass-permissions warning")
+    if "Unable to connect to Anthropic services" in text:
+        return Reading(Condition.DIALOG, "login: cannot reach Anthropic (first run, no key)")
     if "Select login method" in text or "Paste code here" in text:
         return Reading(Condition.DIALOG, "login")
     if "Choose the text style" in text:

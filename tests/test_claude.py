@@ -46,6 +46,12 @@ CASES = [
     Case("trust-dialog", Condition.DIALOG, "folder-trust dialog", None),
     Case("bypass-warning", Condition.DIALOG, "bypass-permissions warning", None),
     Case("first-run", Condition.DIALOG, "first-run setup (theme)", None),
+    Case(
+        "first-run-offline",
+        Condition.DIALOG,
+        "login: cannot reach Anthropic (first run, no key)",
+        None,
+    ),
     Case("not-logged-in", Condition.DIALOG, "not logged in (run /login)", ""),
     Case("rewind-menu", Condition.DIALOG, "menu: Rewind", None),
     Case(

@@ -158,6 +158,12 @@ def _first_run(agent: RealAgent) -> None:
     agent.wait_text("Choose the text style")
 
 
+@scenario("first-run-offline", Options(onboarded=False, login="none"))
+def _first_run_offline(agent: RealAgent) -> None:
+    # Without a key or token, first-run onboarding checks api.anthropic.com itself.
+    agent.wait_text("Unable to connect to Anthropic services")
+
+
 @scenario("not-logged-in", Options(login="none"))
 def _not_logged_in(agent: RealAgent) -> None:
     _prompt(agent)

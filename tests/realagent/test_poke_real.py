@@ -247,9 +247,7 @@ def test_swallowed_enters_neither_lose_nor_double_the_poke(
     """Enters lost on the way are pressed again; the model gets the poke exactly once."""
     agent = start_agent()
     agent.wait_for(Condition.IDLE)
-    outcome = poke.poke(
-        SwallowingAgent(agent.tmux, swallow), agent.pane, heartbeat(1), agent.ui, settle=1.0
-    )
+    outcome = poke.poke(SwallowingAgent(agent.tmux, swallow), agent.pane, heartbeat(1), agent.ui)
     assert (True, swallow + 1) == (outcome.delivered, outcome.enters)
     api.wait_for(lambda a: len(a.user_turns()) == 1, 60, "the poke")
     agent.wait_for(Condition.IDLE)
