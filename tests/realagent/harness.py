@@ -106,6 +106,8 @@ class Options:
     """First-run onboarding (theme, login method) is done."""
     width: int = 120
     height: int = 40
+    lang: str = "C.UTF-8"
+    """``LANG`` of the tmux server and the agent; ``""`` leaves it unset (a bare user manager)."""
     command: tuple[str, ...] = ()
     """Replaces ``[BINARY]`` as the program (another install layout, a wrapper)."""
     args: tuple[str, ...] = ("--dangerously-skip-permissions",)
@@ -175,7 +177,6 @@ class RealAgent:
             "LOGNAME": self.pw.pw_name,
             "PATH": PATH,
             "SHELL": "/bin/bash",
-            "LANG": "C.UTF-8",
             "TERM": "screen",
             "ANTHROPIC_BASE_URL": self.api.url,
             "DISABLE_AUTOUPDATER": "1",
@@ -183,6 +184,8 @@ class RealAgent:
             "DISABLE_TELEMETRY": "1",
             "DISABLE_ERROR_REPORTING": "1",
         }
+        if self.options.lang:
+            env["LANG"] = self.options.lang
         if self.options.login == "key":
             env["ANTHROPIC_API_KEY"] = API_KEY
         elif self.options.login == "oauth":
@@ -209,7 +212,8 @@ class RealAgent:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
-            env={"PATH": PATH, "LANG": "C.UTF-8", "HOME": "/root"},
+            env={"PATH": PATH, "HOME": "/root"}
+            | ({"LANG": self.options.lang} if self.options.lang else {}),
         )
         deadline = time.monotonic() + 10
         while not self.tmux.server_running():

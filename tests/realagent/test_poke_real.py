@@ -398,3 +398,20 @@ def test_rate_limit_error_is_not_poked(api: FakeAPI, start_agent: StartAgent) ->
     # message, as a block of its own (version-specific; docs/agents.md).
     last = api.main_requests()[-1].last_user_message()
     assert ["too fast\n", heartbeat(2)] == fakeapi.typed_blocks(last["content"])  # type: ignore[index]
+
+
+@pytest.mark.parametrize("lang", ["", "C"], ids=["LANG-unset", "LANG-C"])
+def test_screen_and_poke_work_without_a_utf8_locale(
+    lang: str, api: FakeAPI, start_agent: StartAgent
+) -> None:
+    """With LANG unset or C (a bare user manager) the prompt reads and a poke lands intact.
+
+    ``tmux -u`` makes the client's output UTF-8 whatever the locale of the server or
+    the agent, so the prompt (U+276F) and non-ASCII text survive.
+    """
+    agent = start_agent(lang=lang)
+    agent.wait_for(Condition.IDLE)
+    text = "HEARTBEAT: ünïcode ✓ 日本"
+    assert poke_agent(agent, text)
+    api.wait_for(lambda a: len(a.user_turns()) == 1, 60, "the poke")
+    assert [text] == api.user_turns()
