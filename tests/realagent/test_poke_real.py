@@ -251,6 +251,7 @@ def test_swallowed_enters_neither_lose_nor_double_the_poke(
     assert (True, swallow + 1) == (outcome.delivered, outcome.enters)
     api.wait_for(lambda a: len(a.user_turns()) == 1, 60, "the poke")
     agent.wait_for(Condition.IDLE)
+    agent.keys("Enter")  # an Enter arriving late, on the empty box, sends nothing
     agent.submit("sentinel")
     assert [heartbeat(1), "sentinel"] == api.user_turns()
 
