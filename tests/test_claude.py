@@ -54,6 +54,7 @@ CASES = [
     ),
     Case("not-logged-in", Condition.DIALOG, "not logged in (run /login)", ""),
     Case("rewind-menu", Condition.DIALOG, "menu: Rewind", None),
+    Case("model-menu", Condition.DIALOG, "menu: Select model", None),
     Case(
         "usage-limit",
         Condition.LIMITED,

@@ -181,6 +181,15 @@ def _rewind(agent: RealAgent) -> None:
     agent.wait_text("Rewind")
 
 
+@scenario("model-menu")
+def _model_menu(agent: RealAgent) -> None:
+    _prompt(agent)
+    agent.type("/model")
+    _input_shows(agent, PROMPT_ROW + "/model")
+    agent.keys("Enter")
+    agent.wait(lambda s: PROMPT_ROW not in s.text(), "the /model menu")
+
+
 @scenario("usage-limit", Options(login="oauth"))
 def _usage_limit(agent: RealAgent) -> None:
     _prompt(agent)
