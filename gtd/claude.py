@@ -26,11 +26,13 @@ The trust functions write the folder-trust answer into Claude Code's own config
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import os
 import pathlib
 import re
 import typing as t
+import zoneinfo
 
 from gtd.screen import FAINT, REVERSE, Condition, Reading, Screen
 from gtd.store import atomic_write
@@ -139,8 +141,9 @@ def _last_answer(above: list[str]) -> list[str]:
 
 def _busy(screen: Screen, above: list[str], below: list[str], box: InputBox) -> str:
     """Why the screen says a turn runs (``""`` when it does not)."""
-    near = [line for line in above[-8:] if line.strip()]
-    for line in near[-4:]:
+    # The spinner row sits right above the box, or above a tip or a to-do list under it.
+    near = [line for line in above[-16:] if line.strip()]
+    for line in near[-12:]:
         match = _SPINNER.match(line)
         if match:
             return f"working: {line[match.end('glyph') :].strip()}"
@@ -212,6 +215,62 @@ def _menu_title(screen: Screen) -> str:
             start = y + 1
     title = next((r.strip() for r in rows[start:] if r.strip()), "")
     return f"menu: {title[:60]}" if title else "menu"
+
+
+_WHEN = re.compile(
+    r"^(?:(?P<mon>[A-Z][a-z]{2}) (?P<day>\d{1,2}), (?:(?P<year>\d{4}), )?)?"
+    r"(?P<hour>\d{1,2})(?::(?P<minute>\d{2}))?(?P<ampm>am|pm)(?: \((?P<zone>[^)]+)\))?$"
+)
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def reset_at(resets: str, seen: datetime.datetime) -> datetime.datetime | None:
+    """When a limit resets, from the text Claude Code shows and when it was first seen.
+
+    Claude Code writes ``6:22pm`` or ``6pm`` (within 24 hours), ``Nov 30, 3:11pm``
+    (later), ``Jan 2, 2027, 6pm`` (another year), each maybe followed by its time zone
+    (``(UTC)``, ``(Europe/Berlin)``); without a zone, *seen*'s is used. The answer is
+    the first such moment not before *seen* (less a minute, as the text has no
+    seconds). None when the text does not parse. *seen* must be timezone-aware.
+
+    >>> seen = datetime.datetime(2026, 11, 27, 15, 2, tzinfo=datetime.UTC)
+    >>> reset_at("6:12pm (UTC)", seen).isoformat()
+    '2026-11-27T18:12:00+00:00'
+    >>> reset_at("9am", seen).isoformat()
+    '2026-11-28T09:00:00+00:00'
+    >>> reset_at("Nov 30, 3:11pm (UTC)", seen).isoformat()
+    '2026-11-30T15:11:00+00:00'
+    >>> reset_at("Jan 2, 6pm", seen).isoformat()
+    '2027-01-02T18:00:00+00:00'
+    >>> reset_at("soon", seen) is None
+    True
+    """
+    match = _WHEN.match(resets.strip())
+    if match is None:
+        return None
+    zone: datetime.tzinfo | None = seen.tzinfo
+    if match.group("zone"):
+        try:
+            zone = zoneinfo.ZoneInfo(match.group("zone"))
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            return None
+    local = seen.astimezone(zone)
+    hour = int(match.group("hour")) % 12 + (12 if match.group("ampm") == "pm" else 0)
+    minute = int(match.group("minute") or 0)
+    earliest = local - datetime.timedelta(minutes=1)
+    try:
+        if match.group("mon"):
+            month = _MONTHS.index(match.group("mon")) + 1
+            year = int(match.group("year") or local.year)
+            when = local.replace(year=year, month=month, day=int(match.group("day")),
+                                 hour=hour, minute=minute, second=0, microsecond=0)  # fmt: skip
+            if when < earliest and not match.group("year"):
+                when = when.replace(year=year + 1)
+            return when
+        when = local.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    except ValueError:
+        return None
+    return when if when >= earliest else when + datetime.timedelta(days=1)
 
 
 # -- the folder-trust answer, written by gtd on a user's explicit request ----------

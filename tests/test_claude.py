@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import datetime
 import doctest
 import json
 import os
@@ -235,3 +236,39 @@ def test_config_path_follows_claude_config_dir(tmp_path: pathlib.Path) -> None:
     assert tmp_path / "cfg" / ".claude.json" == config_path(env)
     assert tmp_path / "home" / ".claude.json" == config_path({"HOME": env["HOME"]})
     assert os.environ["HOME"] == str(config_path().parent)
+
+
+SEEN = datetime.datetime(2026, 11, 27, 15, 2, tzinfo=datetime.UTC)
+
+
+class Reset(t.NamedTuple):
+    test_id: str
+    shown: str
+    at: str | None
+
+
+RESETS = [
+    Reset("noon", "12pm", "2026-11-28T12:00:00+00:00"),
+    Reset("midnight", "12am", "2026-11-28T00:00:00+00:00"),
+    Reset("minute-ago", "3:01pm", "2026-11-27T15:01:00+00:00"),
+    Reset("zone", "6pm (Europe/Berlin)", "2026-11-27T18:00:00+01:00"),
+    Reset("year", "Jan 2, 2027, 6pm", "2027-01-02T18:00:00+00:00"),
+    Reset("unknown-zone", "6pm (Mars/Base)", None),
+    Reset("bad-day", "Feb 30, 6pm", None),
+]
+
+
+@pytest.mark.parametrize(Reset._fields, RESETS, ids=[r.test_id for r in RESETS])
+def test_reset_at(test_id: str, shown: str, at: str | None) -> None:
+    """Claude Code's reset texts become the next such moment after the limit was seen."""
+    when = claude.reset_at(shown, SEEN)
+    assert at == (when.isoformat() if when else None)
+
+
+def test_every_captured_reset_time_parses() -> None:
+    """Each reset time read from a captured screen turns into a moment after it was seen."""
+    for case in CASES:
+        if case.resets is not None:
+            when = claude.reset_at(case.resets, SEEN)
+            assert when is not None, case.test_id
+            assert when >= SEEN, case.test_id
