@@ -158,7 +158,13 @@ def poke(
     enters = 0
     last = echoed
     while enters < tries:
-        current = ui.read(tmux.screen(pane_id))
+        screen = tmux.screen(pane_id)
+        current = ui.read(screen)
+        if screen.in_mode:
+            # Keys would go to tmux's copy mode now, not to the agent: touch nothing.
+            logger.warning("poke of %s: copy mode began during the poke; its text stays in the box",
+                           pane_id, extra={"GTD_PANE": pane_id})  # fmt: skip
+            return PokeOutcome(False, COPY_MODE, "copy mode began during the poke", current, enters)
         if current.input != text or not _ready(current, allow_limited):
             return waits.back_off(current, enters)
         tmux.send_key(pane_id, "Enter")
@@ -244,6 +250,9 @@ class _Waits:
             detail = f"the text stayed in the box after {enters} Enter presses"
         elif seen.input is not None and text.startswith(seen.input) and not enters:
             reason, detail = NOT_ECHOED, "the typed text did not show in the input box"
+            # A stalled agent may still echo it: give it one more settle, then erase it.
+            seen = _wait(lambda r: r.input != text and _could_become(r, text), self.tmux,
+                         self.pane_id, self.ui, self.settle, self.clock, self.sleep)  # fmt: skip
         else:
             reason, detail = DISTURBED, "the input box changed during the poke"
         if seen.input is not None and seen.input.endswith(text):

@@ -80,8 +80,24 @@ class SimAgent:
                 self.box = ""
 
 
-def run(agent: SimAgent, text: str = "HEARTBEAT: hi", **kw: object) -> PokeOutcome:
-    return poke(agent, "%1", text, SimUI(), settle=0.2, **kw)  # type: ignore[arg-type]
+@dataclasses.dataclass
+class FakeClock:
+    """Time that passes only when the poke sleeps, so the simulated tests are exact."""
+
+    now: float = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def run(
+    agent: SimAgent, text: str = "HEARTBEAT: hi", clock: FakeClock | None = None, **kw: t.Any
+) -> PokeOutcome:
+    clock = clock or FakeClock()
+    return poke(agent, "%1", text, SimUI(), settle=0.2, clock=clock, sleep=clock.sleep, **kw)
 
 
 class Refused(t.NamedTuple):
@@ -199,6 +215,45 @@ def test_text_that_never_shows_is_not_echoed() -> None:
         outcome.delivered,
         outcome.reason,
         agent.keys,
+    )
+
+
+def test_text_echoed_late_is_erased() -> None:
+    """A stalled agent that shows the text only after *settle* gets it erased, not left."""
+    clock = FakeClock()
+
+    class Late(SimAgent):
+        pending = ""
+
+        def send_literal(self, target: str, text: str) -> None:
+            self.keys.append(f"literal:{text}")
+            self.pending = text
+
+        def screen(self, target: str) -> Screen:
+            if self.pending and clock.now > 0.3:  # after the first settle of 0.2 s
+                self.box, self.pending = self.pending, ""
+            return super().screen(target)
+
+    agent = Late()
+    outcome = run(agent, clock=clock)
+    assert ("not-echoed", [], "") == (outcome.reason, agent.submitted, agent.box)
+    assert ["literal:HEARTBEAT: hi", *["BSpace"] * len("HEARTBEAT: hi")] == agent.keys
+
+
+def test_copy_mode_during_the_poke_stops_it_without_keys() -> None:
+    """Copy mode entered between typing and Enter: no further key (it would go to tmux)."""
+
+    class Scrolling(SimAgent):
+        def send_literal(self, target: str, text: str) -> None:
+            super().send_literal(target, text)
+            self.in_mode = True
+
+    agent = Scrolling()
+    outcome = run(agent)
+    assert ("copy-mode", ["literal:HEARTBEAT: hi"], []) == (
+        outcome.reason,
+        agent.keys,
+        agent.submitted,
     )
 
 
