@@ -20,6 +20,7 @@ import typing as t
 from gtd.exc import NoServer, TmuxError, TmuxNotFound, TmuxTimeout
 from gtd.proc import Result, Timeout
 from gtd.proc import run as run_bounded
+from gtd.screen import Screen
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,9 @@ PANE_FIELDS = (
     "pane_current_command",
 )
 PANE_FORMAT = SEP.join(f"#{{{f}}}" for f in PANE_FIELDS)
+
+SCREEN_FIELDS = ("cursor_x", "cursor_y", "pane_width", "pane_height", "pane_in_mode", "pane_title")
+SCREEN_FORMAT = SEP.join(f"#{{{f}}}" for f in SCREEN_FIELDS)
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -321,6 +325,33 @@ class Tmux:
         lines = screen.split("\n")
         row = int(y)
         return CursorLine(lines[row].rstrip() if row < len(lines) else "", int(x))
+
+    def screen(self, target: str) -> Screen:
+        """What the pane shows (text, faint cells, cursor, title, copy mode), in one call.
+
+        One invocation runs ``display-message`` and ``capture-pane -e``, so the cursor
+        and the text are from the same moment.
+
+        Raises
+        ------
+        gtd.exc.TmuxError
+            tmux refused (no such pane) or answered something unreadable.
+        """
+        out = self.run(
+            "display-message", "-p", "-t", target, SCREEN_FORMAT,
+            ";", "capture-pane", "-p", "-e", "-t", target,
+        ).stdout  # fmt: skip
+        head, _, capture = out.partition("\n")
+        fields = head.split(SEP, len(SCREEN_FIELDS) - 1)
+        numbers = fields[:5]
+        if len(fields) != len(SCREEN_FIELDS) or not all(f.isdigit() for f in numbers):
+            msg = f"no screen geometry for {target}: {head!r}"
+            raise TmuxError(msg, subcommand="display-message")
+        x, y, width, height, mode = map(int, numbers)
+        return Screen.from_capture(
+            capture, cursor_x=x, cursor_y=y, width=width, height=height,
+            title=fields[5], in_mode=bool(mode),
+        )  # fmt: skip
 
     def cursor_line(self, target: str) -> str:
         """The text of the line the cursor is on, trailing blanks stripped (one tmux call)."""
