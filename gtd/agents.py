@@ -1,4 +1,4 @@
-"""Agents in tmux: find, judge alive, start, stop, poke. One code path for every caller.
+"""Agents in tmux: find, judge alive, start, stop. One code path for every caller.
 
 The daemon's heartbeat, lifecycle requests and ``gtd agent`` all start agents
 through :func:`start_agent`, so every agent process gets SPEC's environment in its
@@ -14,13 +14,12 @@ import logging
 import os
 import time
 import typing as t
-import unicodedata
 
 from gtd.environment import AGENT_UNSET, IDENTITY_VARS
 from gtd.events import Event
 from gtd.exc import GtdError, Stopping, WorkdirMissing
 from gtd.systemd import TMUX_UNIT
-from gtd.tmux import CLIENT_ENV_DROP, CursorLine, PaneInfo, Tmux, env_argv
+from gtd.tmux import CLIENT_ENV_DROP, PaneInfo, Tmux, env_argv
 
 if t.TYPE_CHECKING:
     from gtd.config import Config
@@ -285,196 +284,6 @@ def stop_agent(tmux: Tmux, identity: Identity, *, whole_session: bool = False) -
         tmux.kill_pane(pane.pane_id)
     logger.info("stopped %s", identity.dash, extra=_fields(identity, pane))
     return True
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class PokeResult:
-    """What one :func:`poke` did; true exactly when the text was seen to be submitted."""
-
-    submitted: bool
-    """The text left the input line after an Enter (seen, not assumed)."""
-    enters: int
-    """Enter presses sent; more than one means the agent swallowed some."""
-    restored: str = ""
-    """A person's half-typed text, cleared for the poke and typed back after it."""
-    cleared: str = ""
-    """What the input line held that was cleared and not put back (logged as a warning)."""
-
-    def __bool__(self) -> bool:
-        return self.submitted
-
-
-def poke(
-    tmux: Tmux,
-    target: str,
-    text: str,
-    *,
-    tries: int = 3,
-    settle: float = 1.0,
-    sleep: t.Callable[[float], None] = time.sleep,
-    clock: t.Callable[[], float] = time.monotonic,
-) -> PokeResult:
-    """Type *text* into the agent's input line and submit it once; keep a person's text.
-
-    Reads the cursor line, clears it (``C-u``), types the text literally, presses
-    Enter and watches the cursor line: while the text is still there the Enter was
-    swallowed, so Enter is pressed again, up to *tries* times, and never once the
-    text has left the line. Then a person's half-typed text that the clear removed
-    is typed back (no Enter): the part of the earlier line after the prompt the
-    agent shows again. When that part cannot be told for sure it is not guessed
-    but logged as a WARNING (``GTD_CLEARED_TEXT``). Each wait is bounded by
-    *settle* seconds, so a poke takes at most about ``(tries + 2) * settle``.
-
-    Raises
-    ------
-    gtd.exc.TmuxError
-        tmux refused or timed out; the poke may be half done.
-    """
-    probe = text.rstrip()[-10:]
-
-    def on_cursor_line() -> bool:
-        return probe in tmux.cursor_line(target)
-
-    before = tmux.cursor(target)
-    tmux.send_key(target, "C-u")
-    tmux.send_literal(target, text)
-    submitted, enters = False, 0
-    if not _wait(on_cursor_line, settle, sleep, clock):
-        # The text never showed at the cursor: submit, but it cannot be confirmed.
-        tmux.send_key(target, "Enter")
-        enters = 1
-    else:
-        while enters < tries and not submitted:
-            tmux.send_key(target, "Enter")
-            enters += 1
-            submitted = _wait(lambda: not on_cursor_line(), settle, sleep, clock)
-    restored, cleared = _put_back(tmux, target, before, submitted, settle, sleep, clock)
-    return PokeResult(submitted, enters, restored, cleared)
-
-
-def _put_back(
-    tmux: Tmux,
-    target: str,
-    before: CursorLine,
-    submitted: bool,
-    settle: float,
-    sleep: t.Callable[[float], None],
-    clock: t.Callable[[], float],
-) -> tuple[str, str]:
-    """Retype what a person had on the input line; return ``(restored, cleared)``.
-
-    The prompt is what the agent shows left of the cursor once the line is empty
-    again, read twice alike (not mid-redraw). Text is typed back only after a
-    submitted poke, when the earlier line is that prompt plus the person's text.
-    """
-    if not before.text.strip():
-        return "", ""
-    seen: list[CursorLine] = []
-    found: list[str] = []
-
-    def prompt_back() -> bool:
-        now = tmux.cursor(target)
-        steady = seen[-1:] == [now]
-        seen.append(now)
-        person = _person_text(before, now) if steady else None
-        if person is not None:
-            found.append(person)
-        return person is not None
-
-    if not _wait(prompt_back, settle, sleep, clock):
-        lost = before.text
-    elif not found[-1]:
-        return "", ""
-    elif submitted:
-        tmux.send_literal(target, found[-1])
-        logger.debug("typed back %r on %s", found[-1], target)
-        return found[-1], ""
-    else:
-        lost = found[-1]
-    logger.warning(
-        "input line of %s held %r; the poke cleared it and could not put it back",
-        target,
-        lost,
-        extra={"GTD_PANE": target, "GTD_CLEARED_TEXT": lost},
-    )
-    return "", lost
-
-
-def _person_text(before: CursorLine, after: CursorLine) -> str | None:
-    """The text *before* held after the prompt *after* shows; None when it does not fit.
-
-    Blanks right of the cursor, then any decoration (a box border), are the
-    prompt's too; the person's trailing blanks are kept up to their cursor.
-
-    >>> _person_text(CursorLine("> half typed", 12), CursorLine(">", 2))
-    'half typed'
-    >>> _person_text(CursorLine("> half ", 7), CursorLine(">", 2))
-    'half '
-    >>> _person_text(CursorLine("│ > hi      │", 6), CursorLine("│ >         │", 4))
-    'hi'
-    >>> _person_text(CursorLine(">", 2), CursorLine(">", 2))
-    ''
-    >>> _person_text(CursorLine("> half typed", 12), CursorLine("", 0)) is None
-    True
-    >>> _person_text(CursorLine("> long text that wrapped", 24), CursorLine("$", 2)) is None
-    True
-    """
-    prompt, right = _split_cells(after.text, after.x)
-    if not prompt.strip():
-        return None
-    line = before.text.ljust(len(prompt))
-    if not line.startswith(prompt):
-        return None
-    person = line[len(prompt) :]
-    decoration = right.strip()
-    if decoration:
-        person = person.rstrip()
-        if not person.endswith(decoration):
-            return None
-        return person[: len(person) - len(decoration)].rstrip()
-    blanks = before.x - _cells(before.text)
-    return person + " " * blanks if person and blanks > 0 else person
-
-
-def _cells(text: str) -> int:
-    """Terminal columns *text* takes (wide East Asian characters take two)."""
-    return sum(_char_cells(c) for c in text)
-
-
-def _char_cells(char: str) -> int:
-    if unicodedata.combining(char):
-        return 0
-    return 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
-
-
-def _split_cells(text: str, cells: int) -> tuple[str, str]:
-    """Split *text* at column *cells*, padding with blanks tmux trimmed.
-
-    >>> _split_cells(">", 2), _split_cells("> ab", 2), _split_cells("日本x", 4)
-    (('> ', ''), ('> ', 'ab'), ('日本', 'x'))
-    """
-    width = 0
-    for i, char in enumerate(text):
-        if width >= cells:
-            return text[:i], text[i:]
-        width += _char_cells(char)
-    return text + " " * (cells - width), ""
-
-
-def _wait(
-    predicate: t.Callable[[], bool],
-    timeout: float,
-    sleep: t.Callable[[float], None],
-    clock: t.Callable[[], float],
-) -> bool:
-    """Poll *predicate* every 20 ms until true or *timeout*; return its last value."""
-    deadline = clock() + timeout
-    while True:
-        if predicate():
-            return True
-        if clock() >= deadline:
-            return False
-        sleep(0.02)
 
 
 def _fields(identity: Identity, pane: PaneInfo) -> dict[str, t.Any]:

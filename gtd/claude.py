@@ -34,6 +34,7 @@ import re
 import typing as t
 import zoneinfo
 
+from gtd.exc import TrustError
 from gtd.screen import FAINT, REVERSE, Condition, Reading, Screen
 from gtd.store import atomic_write
 
@@ -70,6 +71,10 @@ class ClaudeCode:
     """
 
     name = "Claude Code"
+
+    def resets_at(self, reading: Reading, seen: datetime.datetime) -> datetime.datetime | None:
+        """When the limit resets, from what the screen says (:func:`reset_at`)."""
+        return reset_at(reading.resets, seen) if reading.resets else None
 
     def read(self, screen: Screen) -> Reading:
         """Judge one screen (pure; an unknown screen reads as ``starting``)."""
@@ -346,10 +351,6 @@ def with_trust(
     return out, added
 
 
-class TrustError(ValueError):
-    """Claude Code's config cannot be read or changed; the message names the file."""
-
-
 MAX_CONFIG_BYTES = 256 << 20
 
 
@@ -396,8 +397,6 @@ def trust(
         msg = f"{target}: not JSON: {err}"
         raise TrustError(msg) from None
     except ValueError as err:
-        if isinstance(err, TrustError):
-            raise
         msg = f"{target}: {err}"
         raise TrustError(msg) from None
     except OSError as err:

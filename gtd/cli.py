@@ -17,6 +17,7 @@ from gtd.exc import EX_CONFIG, ConfigError, GtdError, IdentityError, RequestErro
 from gtd.identities import DEACON, identity_from_session, parse_identity
 from gtd.logs import setup_logging
 from gtd.request import parse_action
+from gtd.screen import adapter
 from gtd.spool import Spool
 from gtd.tmux import PaneInfo, Tmux
 
@@ -41,6 +42,7 @@ class Namespace(argparse.Namespace):
     agent_command: str
     wait: bool
     json: bool
+    identities: list[str]
     follow: bool
     lines: int | None
     since: str | None
@@ -76,6 +78,7 @@ def create_parser() -> argparse.ArgumentParser:
     create_units_subparser(sub)
     create_request_subparser(sub)
     create_agent_subparser(sub)
+    create_trust_subparser(sub)
     create_tmux_server_subparser(sub)
     return parser
 
@@ -273,6 +276,30 @@ def create_agent_subparser(sub: Subparsers[argparse.ArgumentParser]) -> None:
     )
 
 
+def create_trust_subparser(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    """``gtd trust [IDENTITY ...]``."""
+    parser = sub.add_parser(
+        "trust",
+        help="accept Claude Code's folder-trust dialog for the town's agents, explicitly",
+        description=(
+            "Claude Code asks, in each new working directory, whether to trust the folder; "
+            "gtd never answers that dialog for you. This command is your answer for the "
+            "town: it marks each agent's workdir trusted in Claude Code's config "
+            "($CLAUDE_CONFIG_DIR/.claude.json, else ~/.claude.json; CLAUDE_CONFIG_DIR may "
+            "also be set in the agent environment file), keeping every other setting, and "
+            "restarts an agent that is waiting at that dialog (it has not started work). "
+            "Without IDENTITY: every supervised agent. Run it while no agent is working: "
+            "a running Claude Code may rewrite the file from its own copy."
+        ),
+    )
+    parser.add_argument(
+        "identities",
+        nargs="*",
+        metavar="IDENTITY",
+        help="deacon, mayor, <rig>-witness, ... (default: [supervise] agents)",
+    )
+
+
 def create_tmux_server_subparser(sub: Subparsers[argparse.ArgumentParser]) -> None:
     """``gtd tmux-server``."""
     parser = sub.add_parser(
@@ -304,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         "request": command_request,
         "agent": command_agent,
         "tmux-server": command_tmux_server,
+        "trust": command_trust,
     }
     try:
         return commands[args.command](args)
@@ -357,7 +385,13 @@ def command_status(args: Namespace) -> int:
     from gtd import status
 
     cfg, _, _ = load(args)
-    report = status.gather(cfg, Tmux(cfg.tmux.socket))
+    ui = adapter(cfg.agent.ui)
+
+    def observe(tmux: Tmux, pane: PaneInfo) -> tuple[str, str]:
+        reading = ui.read(tmux.screen(pane.pane_id))
+        return reading.condition.value, reading.detail
+
+    report = status.gather(cfg, Tmux(cfg.tmux.socket), observe)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
@@ -530,8 +564,45 @@ def command_agent(args: Namespace) -> int:
     if args.agent_command == "start" and agents.view(panes, identity, cfg).alive:
         print(f"{identity.dash}: already running")
         return 0
-    pane = agents.start_agent(tmux, identity, cfg, panes=panes, create_workdir=identity == DEACON)
+    pane = agents.start_agent(
+        tmux, identity, cfg, panes=panes, create_workdir=identity == DEACON, path=agent_path()
+    )
     print(f"{identity.dash}: started in {identity.session} pane {pane.pane_id} pid {pane.pane_pid}")
+    return 0
+
+
+def agent_path() -> str:
+    """The PATH agents get, as the daemon computes it (:func:`environment.search_path`)."""
+    home = pathlib.Path.home()
+    file_env = environment.read_env_file(environment.env_file(os.environ, home))
+    return environment.search_path(os.environ, home, file_env)
+
+
+def command_trust(args: Namespace) -> int:
+    """Mark the agents' workdirs trusted for Claude Code; restart those at the dialog."""
+    from gtd import claude
+    from gtd.screen import Condition
+
+    cfg, _, _ = load(args)
+    identities = [parse_identity(i) for i in args.identities] or list(cfg.supervise.agents)
+    home = pathlib.Path.home()
+    env = dict(os.environ) | environment.read_env_file(environment.env_file(os.environ, home))
+    path = claude.config_path(env)
+    workdirs = [i.workdir(cfg.town_root) for i in identities]
+    added = claude.trust(workdirs, path=path)
+    for workdir in workdirs:
+        state = "trusted" if str(workdir) in added else "already trusted"
+        print(f"{state}: {workdir} (in {path})")
+    tmux = Tmux(cfg.tmux.socket)
+    panes = tmux.list_panes()
+    for identity in identities:
+        view = agents.view(panes, identity, cfg)
+        if not view.alive or view.pane is None:
+            continue
+        reading = claude.ClaudeCode().read(tmux.screen(view.pane.pane_id))
+        if reading.condition is Condition.DIALOG and "trust" in reading.detail:
+            agents.start_agent(tmux, identity, cfg, panes=panes, path=agent_path())
+            print(f"{identity.dash}: was waiting at the folder-trust dialog; restarted")
     return 0
 
 

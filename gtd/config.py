@@ -89,6 +89,12 @@ class AgentConfig:
         dump=list,
     )
 
+    ui: str = setting(
+        "claude-code",
+        validate.ui,
+        'How gtd reads the agents\' screens: "claude-code", or "plain" (a "> " prompt line).',
+    )
+
     @property
     def argv(self) -> tuple[str, ...]:
         """The agent command split into words (validated as splittable on load)."""

@@ -21,7 +21,7 @@ import signal
 import time
 import typing as t
 
-from gtd import __version__, agents, environment, store
+from gtd import __version__, agents, environment, poke, store
 from gtd import state as sv
 from gtd.actions import AgentActor
 from gtd.config import Config, read_config
@@ -32,6 +32,7 @@ from gtd.lifecycle import Processor, SpoolSource
 from gtd.loop import Loop, stop_requested
 from gtd.mail import MailSource
 from gtd.notify import Notifier
+from gtd.screen import Condition, Reading, adapter
 from gtd.spool import Spool
 from gtd.supervisor import Supervisor
 from gtd.systemd import start_tmux_server
@@ -100,6 +101,7 @@ class Daemon:
         self._panes: list[PaneInfo] = []
         self._held_changed = False
         self.path = ""
+        self.ui = adapter(config.agent.ui)
         self.processor = self._configure()
 
     # -- start and stop ------------------------------------------------------------
@@ -242,6 +244,7 @@ class Daemon:
             self.tmux = self._make_tmux(new.tmux.socket)
             for sup in self.supervisors.values():
                 sup.reset()
+        self.ui = adapter(new.agent.ui)
         self.processor = self._configure()
         self._supervise({})
         logger.info("config reloaded from %s", self.config_path)
@@ -281,8 +284,11 @@ class Daemon:
         if panes is None:
             logger.warning("tmux unavailable: no poke, lifecycle requests wait (none lost)")
         else:
-            for identity in self.config.supervise.poke:
-                self.poke(identity, panes, begun)
+            for identity in self.supervisors:
+                if identity in self.config.supervise.poke:
+                    self.poke(identity, panes)
+                else:
+                    self.observe(identity, panes)
                 self.loop.tick()
             self.process_lifecycle()
         self.check_upgrade()
@@ -401,47 +407,58 @@ class Daemon:
 
     # -- pokes and requests ---------------------------------------------------------
 
-    def poke(self, identity: Identity, panes: t.Sequence[PaneInfo], begun: float) -> None:
-        """Type ``HEARTBEAT: <motd>`` into a poked agent that has been up for a while."""
+    def poke(self, identity: Identity, panes: t.Sequence[PaneInfo]) -> None:
+        """Submit ``HEARTBEAT: <motd>`` to a poked agent as its own turn, or leave it alone.
+
+        The poke itself decides from the agent's screen (:mod:`gtd.poke`): a busy agent,
+        a dialog, a limit, a start not finished or a person's text get no keystroke.
+        The message rotates only once one was delivered.
+        """
         sup = self.supervisors[identity]
         fields: dict[str, object] = {"GTD_IDENTITY": identity.dash}
         view = agents.view(panes, identity, self.config)
         if not view.alive or view.pane is None:
             logger.info("%s not alive; no poke this heartbeat", identity.dash, extra=fields)
             return
-        started = sup.guard.started_at
-        if started is not None and started >= begun:
-            logger.info(
-                "%s started this heartbeat; first poke next heartbeat", identity.dash, extra=fields
-            )
-            return
         messages = self.config.motd.effective
         index = sv.next_motd(len(messages), self.state.motd_index)
         text = f"HEARTBEAT: {messages[index]}"
         try:
-            result = agents.poke(self.tmux, view.pane.pane_id, text)
+            outcome = poke.poke(
+                self.tmux, view.pane.pane_id, text, self.ui, allow_limited=sup.limit_passed()
+            )
         except TmuxError as err:
-            logger.error("poke failed: %s", err, extra=fields)  # noqa: TRY400
+            logger.error("poke of %s failed: %s", identity.dash, err, extra=fields)  # noqa: TRY400
             return
-        self.state.motd_index = index
-        fields |= {"GTD_ENTERS": result.enters}
-        if not result.submitted:
-            logger.warning(
-                "poke to %s not confirmed: %s", identity.dash, text,
-                extra=fields | {"MESSAGE_ID": Event.POKE_NOT_DELIVERED.value},
-            )  # fmt: skip
-        elif result.enters > 1:
-            logger.warning(
-                "poked %s: %s (agent swallowed %d Enter)", identity.dash, text,
-                result.enters - 1, extra=fields,
-            )  # fmt: skip
+        self._note(sup, outcome.reading)
+        fields |= {"GTD_ENTERS": outcome.enters, "GTD_POKE": outcome.reason or "delivered"}
+        if outcome.delivered:
+            self.state.motd_index = index
+            logger.info("poked %s: %s (%s)", identity.dash, text, outcome.describe(), extra=fields)
+        elif outcome.reason in poke.WAITING:
+            logger.info("%s not poked: %s", identity.dash, outcome.describe(), extra=fields)
         else:
-            logger.info("poked %s: %s", identity.dash, text, extra=fields)
-        if result.restored:
-            logger.info(
-                "put back %d characters a person had typed in %s's input line",
-                len(result.restored), identity.dash, extra=fields,
-            )  # fmt: skip
+            fields |= {"MESSAGE_ID": Event.POKE_NOT_DELIVERED.value}
+            logger.warning("poke of %s: %s", identity.dash, outcome.describe(), extra=fields)
+
+    def observe(self, identity: Identity, panes: t.Sequence[PaneInfo]) -> None:
+        """Read a supervised agent's screen (no keystroke) for its condition."""
+        view = agents.view(panes, identity, self.config)
+        if not view.alive or view.pane is None:
+            return
+        try:
+            reading = self.ui.read(self.tmux.screen(view.pane.pane_id))
+        except TmuxError as err:
+            logger.debug("cannot read %s's screen: %s", identity.dash, err)
+            return
+        self._note(self.supervisors[identity], reading)
+
+    def _note(self, sup: Supervisor, reading: Reading) -> None:
+        """Record a reading; a limit gets the time it resets, counted from its first sight."""
+        until = None
+        if reading.condition is Condition.LIMITED and reading.resets:
+            until = self.ui.resets_at(reading, sup.limited_since())
+        sup.noted(reading, until)
 
     def usr1(self) -> None:
         """SIGUSR1: carry out lifecycle requests now."""

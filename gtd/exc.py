@@ -98,3 +98,7 @@ class CommandNotFound(GtdError):
         self.command = command
         self.path = path
         super().__init__(f"{command!r} not found in PATH={path}")
+
+
+class TrustError(GtdError):
+    """Claude Code's config file cannot be read or changed; the message names the file."""

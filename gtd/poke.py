@@ -51,6 +51,9 @@ NOT_ECHOED = "not-echoed"
 """The typed text never showed in the box within *settle*."""
 NOT_CONFIRMED = "not-confirmed"
 """Enter was pressed *tries* times and the text stayed: it was erased, not sent."""
+WAITING = frozenset({BUSY, DIALOG, LIMITED, STARTING, INPUT, COPY_MODE})
+"""Reasons that are the agent's (or a person's) state, not a failed poke: no keystroke
+was sent, and the next heartbeat tries again."""
 
 
 class Keyboard(t.Protocol):

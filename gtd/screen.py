@@ -13,6 +13,7 @@ Nothing here runs a process or reads a clock.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import enum
 import re
 import typing as t
@@ -247,3 +248,48 @@ class AgentUI(t.Protocol):
     def read(self, screen: Screen) -> Reading:
         """Judge *screen*; pure, never raises for an unknown screen."""
         ...
+
+    def resets_at(self, reading: Reading, seen: datetime.datetime) -> datetime.datetime | None:
+        """When the limit *reading* shows resets, first seen at *seen*; None if unknown."""
+        ...
+
+
+class PlainPrompt:
+    """A line-reading agent whose prompt is ``> ``: the cursor's row is its input line.
+
+    Idle when that row starts with the prompt (its input is the rest of the row);
+    anything else reads as starting. It knows no busy, dialog or limit screens: a
+    template for adapting gtd to another agent, and the stand-in agent of the tests.
+
+    >>> PlainPrompt().read(Screen.plain("> half typed", cursor=(12, 0)))
+    Reading(condition=<Condition.IDLE: 'idle'>, detail='', input='half typed', resets=None)
+    >>> PlainPrompt().read(Screen.plain("loading", cursor=(7, 0))).condition
+    <Condition.STARTING: 'starting'>
+    """
+
+    name = "plain prompt"
+    prompt = "> "
+
+    def read(self, screen: Screen) -> Reading:
+        """The cursor's row: the prompt and what follows it, or no prompt yet."""
+        row = screen.line(screen.cursor_y)
+        if row == self.prompt.rstrip() or row.startswith(self.prompt):
+            return Reading(Condition.IDLE, "", row[len(self.prompt) :])
+        return Reading(Condition.STARTING, "no prompt yet")
+
+    def resets_at(self, reading: Reading, seen: datetime.datetime) -> datetime.datetime | None:
+        """A plain agent shows no limits."""
+        return None
+
+
+ADAPTERS = ("claude-code", "plain")
+"""The ``[agent] ui`` values: which adapter reads the agents' screens."""
+
+
+def adapter(name: str) -> AgentUI:
+    """The adapter for an ``[agent] ui`` value (one of :data:`ADAPTERS`)."""
+    if name == "plain":
+        return PlainPrompt()
+    from gtd.claude import ClaudeCode
+
+    return ClaudeCode()

@@ -126,7 +126,17 @@ def _row(
         "supervised": supervised,
         "poked": identity in config.supervise.poke,
         "command": pane.current_command if pane else None,
+        "hint": _hint(identity, condition, detail),
     }
+
+
+def _hint(identity: Identity, condition: str, detail: str) -> str | None:
+    """What a person can do about a waiting agent, when gtd knows."""
+    if condition == "dialog" and "trust" in detail:
+        return f"gtd trust {identity.dash} accepts the folder-trust dialog for its workdir"
+    if condition == "dialog":
+        return f"answer it yourself: tmux attach -t {identity.session}"
+    return None
 
 
 def gather(config: Config, tmux: Tmux, observe: Observer | None = None) -> Json:
@@ -239,4 +249,6 @@ def _agent_line(row: Json, now: datetime.datetime) -> str:
         text += f", restarts {row['restarts']}" + (", poked" if row["poked"] else "")
     else:
         text += ", not supervised"
+    if row["hint"]:
+        text += f"\n  -> {row['hint']}"
     return text

@@ -10,8 +10,9 @@ backoff. The daemon holds one per ``[supervise] agents`` entry.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import enum
+import datetime
 import logging
 import os
 import time
@@ -21,6 +22,7 @@ from gtd import state as sv
 from gtd import store
 from gtd.events import Event
 from gtd.exc import GtdError
+from gtd.screen import Condition, Reading
 
 if t.TYPE_CHECKING:
     from gtd.agents import AgentView
@@ -29,19 +31,6 @@ if t.TYPE_CHECKING:
     from gtd.tmux import PaneInfo
 
 logger = logging.getLogger(__name__)
-
-
-class Condition(enum.Enum):
-    """What an agent is doing, as ``gtd status`` reports it (SPEC's words)."""
-
-    IDLE = "idle"
-    BUSY = "busy"
-    DIALOG = "dialog"
-    LIMITED = "limited"
-    STARTING = "starting"
-    BACKOFF = "backoff"
-    DEAD = "dead"
-    STOPPED = "stopped"
 
 
 Starter: t.TypeAlias = "t.Callable[[Identity], PaneInfo]"
@@ -103,6 +92,7 @@ class Supervisor:
         self.guard = sv.Guard()
         self.pid: int | None = None
         self.pane_id: str | None = None
+        self.limit_until: datetime.datetime | None = None
         self.state = Record()
         if previous:
             restarts, held = previous.get("restarts"), previous.get("held")
@@ -170,6 +160,18 @@ class Supervisor:
         self.watch(pane.pane_pid, pane.pane_pid, pane.pane_id)
         return pane
 
+    def limited_since(self) -> datetime.datetime:
+        """When the agent was first seen at its current limit (now, if it is not yet)."""
+        if self.state.condition is Condition.LIMITED and self.state.since:
+            with contextlib.suppress(ValueError):
+                return datetime.datetime.fromisoformat(self.state.since)
+        return datetime.datetime.now(datetime.UTC)
+
+    def limit_passed(self) -> bool:
+        """Whether the agent is at a limit whose reset time has come (a poke may go)."""
+        until = self.limit_until
+        return until is not None and datetime.datetime.now(datetime.UTC) >= until
+
     def deadline(self) -> float | None:
         """When the guard next changes by itself (a retry due, a start turning healthy)."""
         return sv.next_deadline(self.guard, self.policy)
@@ -188,9 +190,26 @@ class Supervisor:
         self.guard = sv.Guard()
         self.loop.at(("guard", self.identity), None, self._wake)
 
-    def noted(self, condition: Condition, detail: str) -> bool:
-        """Record what the agent's screen showed; True when the condition changed."""
-        return self._set(condition, detail)
+    def noted(self, reading: Reading, until: datetime.datetime | None = None) -> None:
+        """Record what the agent's screen showed; say once when it starts to wait.
+
+        A dialog, menu or login screen, or a limit (with *until*, when it resets), is
+        logged when the agent enters it, with its ``MESSAGE_ID``; not every heartbeat.
+        """
+        detail = reading.detail
+        self.limit_until = until if reading.condition is Condition.LIMITED else None
+        if reading.condition is Condition.LIMITED and until is not None:
+            detail = f"{detail}, until {until.astimezone().strftime('%Y-%m-%d %H:%M %Z')}"
+        if not self._set(reading.condition, detail):
+            return
+        event = _WAITS.get(reading.condition)
+        if event is not None:
+            extra = {"GTD_IDENTITY": self.identity.dash, "GTD_SESSION": self.identity.session}
+            extra |= {"GTD_CONDITION": reading.condition.value, "GTD_CONDITION_DETAIL": detail}
+            logger.warning(
+                "%s waits: %s", self.identity.dash, reading.describe(),
+                extra=extra | {"MESSAGE_ID": event.value},
+            )  # fmt: skip
 
     def _set(self, condition: Condition, detail: str) -> bool:
         changed = condition is not self.state.condition
@@ -267,3 +286,4 @@ class Supervisor:
 
 
 _NOT_RUNNING = frozenset({Condition.DEAD, Condition.BACKOFF, Condition.STOPPED})
+_WAITS = {Condition.DIALOG: Event.AGENT_DIALOG, Condition.LIMITED: Event.AGENT_LIMITED}

@@ -165,6 +165,17 @@ def alive(value: object, src: Source, key: str) -> tuple[str, ...]:
     return names
 
 
+def ui(value: object, src: Source, key: str) -> str:
+    """The name of a screen adapter (:data:`gtd.screen.ADAPTERS`)."""
+    from gtd.screen import ADAPTERS
+
+    name = expect(value, str, "a string", src.path, key)
+    if name not in ADAPTERS:
+        msg = f"{name[:40]!r} is not one of: {', '.join(ADAPTERS)}"
+        raise ConfigError(src.path, key, msg)
+    return name
+
+
 def socket(value: object, src: Source, key: str) -> str:
     """A ``tmux -L`` socket name, or ``""`` for the default server."""
     socket = expect(value, str, "a string", src.path, key)

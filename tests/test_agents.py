@@ -9,11 +9,12 @@ import signal
 import libtmux
 import pytest
 
-from gtd import agents
+from gtd import agents, poke
 from gtd.config import AgentConfig, Config, TmuxConfig
 from gtd.environment import IDENTITY_VARS
 from gtd.exc import WorkdirMissing
 from gtd.identities import DEACON, parse_identity
+from gtd.screen import PlainPrompt
 from gtd.tmux import Tmux
 from tests.conftest import FakeAgent, TmuxServer, proc_comm, proc_environ
 from tests.sandbox import retry_until
@@ -132,26 +133,30 @@ def test_not_alive_when_another_command_runs(
 def test_poke_lands_once(
     tmux_server: TmuxServer, fake_agent: FakeAgent, tmp_path: pathlib.Path
 ) -> None:
-    """The poke clears the line, types the text, submits it, and it arrives exactly once."""
+    """The poke types the text, submits it, and it arrives exactly once."""
     config = make_config(tmp_path / "town", fake_agent, tmux_server)
     tmux = Tmux(tmux_server.socket)
     pane = agents.start_agent(tmux, DEACON, config, create_workdir=True)
     assert retry_until(lambda: tmux.cursor_line(pane.pane_id) == ">", 5)
-    assert agents.poke(tmux, pane.pane_id, "HEARTBEAT: hello; it's me")
+    assert poke.poke(tmux, pane.pane_id, "HEARTBEAT: hello; it's me", PlainPrompt())
     assert retry_until(lambda: fake_agent.received() == ["HEARTBEAT: hello; it's me"], 5)
 
 
-def test_poke_replaces_half_typed_text(
+def test_poke_leaves_half_typed_text_alone(
     tmux_server: TmuxServer, fake_agent: FakeAgent, tmp_path: pathlib.Path
 ) -> None:
-    """Text on the input line is not sent glued to the poke (test_poke.py: it is put back)."""
+    """Text on the input line is never sent glued to the poke: the poke waits (issue 7)."""
     config = make_config(tmp_path / "town", fake_agent, tmux_server)
     tmux = Tmux(tmux_server.socket)
     pane = agents.start_agent(tmux, DEACON, config, create_workdir=True)
     assert retry_until(lambda: tmux.cursor_line(pane.pane_id) == ">", 5)
     tmux.send_literal(pane.pane_id, "half typed")
-    assert agents.poke(tmux, pane.pane_id, "HEARTBEAT: x")
-    assert retry_until(lambda: fake_agent.received() == ["HEARTBEAT: x"], 5)
+    assert retry_until(lambda: tmux.cursor_line(pane.pane_id) == "> half typed", 5)
+    outcome = poke.poke(tmux, pane.pane_id, "HEARTBEAT: x", PlainPrompt())
+    assert (False, poke.INPUT) == (outcome.delivered, outcome.reason)
+    assert "> half typed" == tmux.cursor_line(pane.pane_id)
+    tmux.send_key(pane.pane_id, "Enter")
+    assert retry_until(lambda: fake_agent.received() == ["half typed"], 5)
 
 
 def test_stop_agent_kills_only_its_pane_when_shared(

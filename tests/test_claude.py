@@ -15,7 +15,8 @@ import typing as t
 import pytest
 
 from gtd import claude
-from gtd.claude import ClaudeCode, TrustError, config_path, trust, with_trust
+from gtd.claude import ClaudeCode, config_path, trust, with_trust
+from gtd.exc import TrustError
 from gtd.screen import Condition, Reading, Screen
 from tests.realagent.harness import SCREENS, VERSION, load_screen
 

@@ -78,7 +78,7 @@ class Gtd:
         self.config.write_text(
             f"town_root = {values['town_root']}\n"
             f"heartbeat_interval = {values['heartbeat_interval']}\n"
-            f'[agent]\ncommand = {values["command"]}\nalive_commands = ["node"]\n'
+            f'[agent]\ncommand = {values["command"]}\nalive_commands = ["node"]\nui = "plain"\n'
             f"[tmux]\nsocket = {values['socket']}\n"
             '[lifecycle]\ngt_command = ""\n'
         )

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 def make_daemon(tmp_path: pathlib.Path, server: TmuxServer, agent: FakeAgent) -> Daemon:
     config = Config(
         town_root=tmp_path / "town",
-        agent=AgentConfig(command=agent.command(), alive_commands=("node",)),
+        agent=AgentConfig(command=agent.command(), alive_commands=("node",), ui="plain"),
         tmux=TmuxConfig(socket=server.socket),
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import doctest
 import logging
 import typing as t
@@ -11,7 +12,7 @@ import pytest
 
 from gtd import poke as poke_mod
 from gtd.poke import PokeOutcome, poke
-from gtd.screen import Condition, Reading, Screen
+from gtd.screen import Condition, PlainPrompt, Reading, Screen
 from gtd.tmux import Tmux
 from tests.conftest import FAKE_AGENT, FakeAgent, TmuxServer
 from tests.sandbox import retry_until
@@ -28,17 +29,8 @@ class SimUI:
         text = box[2:] if box.startswith("> ") else None
         return Reading(Condition(state), "" if state == "idle" else f"sim {state}", text)
 
-
-class FakeAgentUI:
-    """The fake agent (tests/fakeagent): its prompt row ``> `` is the input box."""
-
-    name = "fake"
-
-    def read(self, screen: Screen) -> Reading:
-        row = screen.line(screen.cursor_y)
-        if not row.startswith(">"):
-            return Reading(Condition.STARTING, "no prompt")
-        return Reading(Condition.IDLE, "", row[2:])
+    def resets_at(self, reading: Reading, seen: datetime.datetime) -> datetime.datetime | None:
+        return None
 
 
 @dataclasses.dataclass
@@ -286,7 +278,7 @@ def start_fake(server: TmuxServer, agent: FakeAgent, *options: str) -> tuple[Tmu
     server.cmd("new-session", "-d", "-s", "agent", "-x", "120", "-y", "20", "--", *argv)
     target = server.cmd("display-message", "-p", "-t", "=agent:", "#{pane_id}").stdout.strip()
     tmux = Tmux(server.socket)
-    assert retry_until(lambda: FakeAgentUI().read(tmux.screen(target)).input == "", 5)
+    assert retry_until(lambda: PlainPrompt().read(tmux.screen(target)).input == "", 5)
     return tmux, target
 
 
@@ -297,7 +289,7 @@ def test_fake_agent_gets_the_poke_once_through_swallowed_enters(
 ) -> None:
     """In real tmux, an agent dropping Enters still gets the line exactly once."""
     tmux, target = start_fake(tmux_server, fake_agent, "--raw", "--swallow-enters", str(swallow))
-    outcome = poke(tmux, target, "HEARTBEAT: hi", FakeAgentUI(), settle=2.0)
+    outcome = poke(tmux, target, "HEARTBEAT: hi", PlainPrompt(), settle=2.0)
     assert (True, swallow + 1) == (outcome.delivered, outcome.enters)
     tmux.send_literal(target, "END")
     tmux.send_key(target, "Enter")
@@ -312,9 +304,9 @@ def test_fake_agent_with_half_typed_text_is_left_alone(
     """A person's text in the box defers the poke: no key, their text still theirs."""
     tmux, target = start_fake(tmux_server, fake_agent, "--raw")
     tmux.send_literal(target, "half typed")
-    assert retry_until(lambda: FakeAgentUI().read(tmux.screen(target)).input == "half typed", 5)
+    assert retry_until(lambda: PlainPrompt().read(tmux.screen(target)).input == "half typed", 5)
     with caplog.at_level(logging.DEBUG):
-        outcome = poke(tmux, target, "HEARTBEAT: x", FakeAgentUI(), settle=2.0)
+        outcome = poke(tmux, target, "HEARTBEAT: x", PlainPrompt(), settle=2.0)
     assert ("input", 0) == (outcome.reason, outcome.enters)
     tmux.send_key(target, "Enter")
     assert retry_until(lambda: fake_agent.received() == ["half typed"], 5)

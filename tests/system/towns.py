@@ -65,7 +65,7 @@ class Town:
         return (
             f"town_root = {values['town_root']}\n"
             f"heartbeat_interval = {values['heartbeat_interval']}\n"
-            f'[agent]\ncommand = {values["command"]}\nalive_commands = ["node"]\n'
+            f'[agent]\ncommand = {values["command"]}\nalive_commands = ["node"]\nui = "plain"\n'
             f'[tmux]\nsocket = "{self.socket}"\n'
             '[lifecycle]\ngt_command = ""\n'
         )
