@@ -16,7 +16,7 @@ import typing as t
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.sandbox import retry_until
+from tests.sandbox import wait_for
 
 # Timing-based health checks and deadlines fail on a loaded 2-core CI machine, not on
 # wrong code; property failures still fail.
@@ -92,13 +92,7 @@ class TmuxServer:
             start_new_session=True,
             env=self.env,
         )
-        assert retry_until(
-            lambda: (
-                self.cmd("list-sessions", check=False).returncode == 0
-                or "no sessions" in self.cmd("list-sessions", check=False).stderr
-            ),
-            5,
-        ), "tmux server did not start"
+        wait_for(self.running, timeout=10, what=f"tmux server {self.socket} to answer")
 
     def running(self) -> bool:
         """Whether the server answers."""
@@ -176,6 +170,22 @@ def proc_environ(pid: int) -> dict[str, str]:
 def proc_comm(pid: int) -> str:
     """A process's comm name."""
     return pathlib.Path(f"/proc/{pid}/comm").read_text().strip()
+
+
+def exec_view(pid: int, *names: str) -> tuple[str, tuple[str | None, ...]]:
+    """What a process is now: its comm and the named variables of its own environ.
+
+    A pane's process passes through tmux's fork and ``env`` before it execs the agent,
+    and ``/proc/PID/environ`` changes at each exec; so tests wait until this shows the
+    agent's comm with the variables they assert, rather than read the environ once.
+    An exited process shows ``("", ())``.
+    """
+    try:
+        env = proc_environ(pid)
+        comm = proc_comm(pid)
+    except OSError:
+        return "", ()
+    return comm, tuple(env.get(name) for name in names)
 
 
 @pytest.fixture

@@ -4,12 +4,20 @@ This harness lets the system tests run where PID 1 is not systemd (containers, C
 VMs). It starts the manager in a private mount namespace whose ``/run/systemd`` is a
 fresh tmpfs holding ``/run/systemd/system``, so systemd believes it was booted. A
 private ``systemd-journald`` in that namespace writes persistent journals to
-``/var/log/journal``. The manager lives in cgroup
-``user.slice/user-UID.slice/user@UID.service`` in every cgroup hierarchy, so unit
-cgroups, ``_SYSTEMD_USER_UNIT``, ``Type=notify``, ``WatchdogSec=``, ``systemctl --user
-kill`` and ``Restart=`` all behave as they do under a real login session. ``systemctl``
-and ``journalctl`` work from outside the namespace because they only need
-``$XDG_RUNTIME_DIR/systemd`` and ``/var/log/journal``.
+``/var/log/journal``, which there is this run's own directory
+(``/var/log/gtd-sandbox/USER``) mounted over the machine's. The manager lives in
+cgroup ``user.slice/user-UID.slice/user@UID.service`` in every cgroup hierarchy, so
+unit cgroups, ``_SYSTEMD_USER_UNIT``, ``Type=notify``, ``WatchdogSec=``,
+``systemctl --user kill`` and ``Restart=`` all behave as they do under a real login
+session. Commands run as the user (:meth:`UserManager.run`) enter that namespace, as
+a login session shares its manager's, so ``journalctl --user -u UNIT`` reads the
+journal exactly as a user would type it.
+
+Two test runs on one machine never share anything: each clone has its own sandbox
+user (:func:`default_user`, derived from the clone's path; ``$GTD_SYSTEST_USER``
+overrides it), with its own uid, runtime directory, cgroups, tmux sockets, journal
+directory and fallback venv, and a lock (``/run/gtd-sandbox/USER.lock``) turns a
+second run on the same user into a clear error instead of a teardown of the first.
 
 Everything here needs root. Every process the harness starts has stdin, stdout and
 stderr on ``/dev/null`` and runs in its own session, so none of them holds the test
@@ -18,8 +26,12 @@ runner's output open.
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import fcntl
+import hashlib
 import json
+import linecache
 import os
 import pathlib
 import pwd
@@ -36,12 +48,16 @@ if t.TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
 JournalEntry: t.TypeAlias = dict[str, t.Any]
+T = t.TypeVar("T")
 
 SYSTEMD = pathlib.Path("/lib/systemd/systemd")
 JOURNALD = pathlib.Path("/lib/systemd/systemd-journald")
 SYSTEM_PYTHON = pathlib.Path("/usr/bin/python3")
-FALLBACK_VENV = pathlib.Path("/var/tmp/gtd-systest-venv")
 REPO = pathlib.Path(__file__).resolve().parents[1]
+#: Lock files and journald pidfiles, one each per sandbox user.
+STATE_DIR = pathlib.Path("/run/gtd-sandbox")
+#: Each sandbox user's journal directory, mounted over /var/log/journal in its namespace.
+JOURNAL_ROOT = pathlib.Path("/var/log/gtd-sandbox")
 USER_PATH = "/usr/local/bin:/usr/bin:/bin"
 #: Hierarchies the manager is placed in, when they exist (hybrid v1 + v2, or pure v2).
 CGROUP_HIERARCHIES = (
@@ -49,15 +65,19 @@ CGROUP_HIERARCHIES = (
     pathlib.Path("/sys/fs/cgroup/unified"),
     pathlib.Path("/sys/fs/cgroup"),
 )
-REQUIRED_TOOLS = ("unshare", "setpriv", "runuser", "useradd", "pkill", "pgrep", "mount")
+REQUIRED_TOOLS = (
+    "unshare", "nsenter", "setpriv", "runuser", "useradd", "pkill", "pgrep", "mount",
+)  # fmt: skip
 
-# Root, new session: join the user's cgroups, enter a private mount namespace, start journald
-# and the manager. bash stays their parent and reaps them: PID 1 here may never reap orphans.
+# Root, new session: join the user's cgroups, enter a private mount namespace, put this
+# run's journal directory over /var/log/journal, start journald and the manager. bash
+# stays their parent and reaps them: PID 1 here may never reap orphans.
 _BOOTSTRAP = r"""
 for d in $SB_CGDIRS; do echo $$ > "$d/cgroup.procs" || true; done
 exec unshare --mount --propagation private bash -c '
   mount -t tmpfs tmpfs /run/systemd
   mkdir -p /run/systemd/system /run/systemd/journal /var/log/journal
+  mount --bind "$SB_JOURNAL" /var/log/journal
   touch /run/systemd/journal/flushed   # journald writes /var/log/journal at once
   /lib/systemd/systemd-journald & journald=$!; echo $journald > "$SB_PIDFILE"
   for i in $(seq 100); do [ -S /run/systemd/journal/stdout ] && break; sleep 0.05; done
@@ -67,6 +87,36 @@ exec unshare --mount --propagation private bash -c '
   wait $!
   kill -TERM $journald; wait $journald'
 """
+
+
+def clone_id(repo: pathlib.Path = REPO) -> str:
+    """Eight hex digits that name this clone of the repository (a hash of its path)."""
+    return hashlib.sha256(os.fsencode(repo.resolve())).hexdigest()[:8]
+
+
+def default_user() -> str:
+    """The sandbox user of this run: ``$GTD_SYSTEST_USER``, else ``gtdt<clone_id()>``.
+
+    Derived from the clone's path, so two clones never share a user, and one clone
+    keeps its user (and its home, made once by ``useradd -m``) from run to run.
+    """
+    return os.environ.get("GTD_SYSTEST_USER") or f"gtdt{clone_id()}"
+
+
+#: Where ensure_user_can_run() builds a venv the sandbox user can read, one per clone.
+FALLBACK_VENV = pathlib.Path(f"/var/tmp/gtd-systest-venv-{clone_id()}")
+
+
+class Entries(list[JournalEntry]):
+    """Journal entries whose ``repr`` is their last 40 ``MESSAGE`` fields, one a line.
+
+    So a wait on the journal that times out shows what the unit logged, readably.
+    """
+
+    def __repr__(self) -> str:
+        cut = f" (last 40 of {len(self)})" if len(self) > 40 else ""
+        lines = "".join(f"\n  {e.get('MESSAGE')!r}" for e in self[-40:])
+        return f"{len(self)} entries{cut}:{lines}"
 
 
 class SandboxError(AssertionError):
@@ -99,44 +149,200 @@ class CommandFailed(SandboxError):
         )
 
 
+# --- waiting ----------------------------------------------------------------------------
+
+
 class WaitTimeout(SandboxError):
-    """A condition did not hold before its deadline."""
+    """A condition did not hold before its deadline.
+
+    The message says what was waited for, for how long, and what was seen last (and,
+    when the wait was given one, the context: a service's journal, a log).
+    """
+
+    def __init__(self, what: str, timeout: float, seen: object, context: str = "") -> None:
+        self.what = what
+        self.timeout = timeout
+        self.seen = seen
+        msg = f"waited {timeout:g}s for {what}; last saw: {shown(seen, 8000)}"
+        super().__init__(f"{msg}\n{context}" if context else msg)
+
+
+def shown(value: object, limit: int = 2000) -> str:
+    """``repr(value)``, its middle cut out when longer than *limit* characters.
+
+    >>> shown("x" * 10, limit=6)
+    "'xx ... xx'"
+    """
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]} ... {text[-half:]}"
+
+
+def describe(fn: Callable[..., object]) -> str:
+    """What a wait polls, for its timeout message: a lambda's body, else a function's name.
+
+    Reads the source file only when called, so only a wait that times out pays for it.
+
+    >>> describe(lambda: 1 + 1 == 2), describe(lambda: 3 > 2)
+    ('1 + 1 == 2', '3 > 2')
+    >>> describe(shown)
+    'shown()'
+    """
+    name = getattr(fn, "__name__", "")
+    code = getattr(fn, "__code__", None)
+    if name != "<lambda>" or code is None:
+        return f"{name}()" if name else repr(fn)
+    source = "".join(linecache.getlines(code.co_filename))
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return repr(fn)
+    here = [
+        n for n in ast.walk(tree) if isinstance(n, ast.Lambda) and n.lineno == code.co_firstlineno
+    ]
+    # Several lambdas on one line: the one whose body starts where its code does.
+    starts = {(ln, col) for ln, _end, col, _ecol in code.co_positions()}
+    found = [n for n in here if (n.body.lineno, n.body.col_offset) in starts] or here
+    body = ast.get_source_segment(source, found[0].body) if len(found) == 1 else None
+    return " ".join(body.split()) if body else repr(fn)
+
+
+def _context(context: Callable[[], object] | None) -> str:
+    if context is None:
+        return ""
+    try:
+        value = context()
+    except Exception as err:  # noqa: BLE001 - a failing context must not hide the timeout
+        return f"context ({describe(context)}) unavailable: {err}"
+    if isinstance(value, list | tuple):
+        lines = [f"  {shown(v, 500)}" for v in value[-30:]]
+        cut = f" (last 30 of {len(value)})" if len(value) > 30 else ""
+        return f"{describe(context)}{cut}:\n" + "\n".join(lines)
+    return f"{describe(context)}:\n{value}"
+
+
+def wait_for(
+    observe: Callable[[], T],
+    accept: Callable[[T], object] = bool,
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    what: str | None = None,
+    context: Callable[[], object] | None = None,
+) -> T:
+    """Poll ``observe()`` until ``accept(value)`` holds, for at most ``timeout`` seconds.
+
+    This is the only waiting the tests do (libtmux ``test/retry.py``): a condition,
+    polled, with a bound, never a fixed sleep. It is tried at least once, and once
+    more at the deadline.
+
+    Parameters
+    ----------
+    observe
+        Reads what the test looks at (a pid, a status line, a list of files).
+    accept
+        Says whether that is what the test waits for; ``bool`` by default.
+    what
+        The condition in words, for the timeout message; by default the source of
+        ``accept`` (or of ``observe`` when ``accept`` is ``bool``).
+    context
+        Called once on timeout; its value (a journal, a log) goes into the message.
+
+    Returns
+    -------
+    T
+        The first observed value that was accepted.
+
+    Raises
+    ------
+    WaitTimeout
+        Nothing accepted within ``timeout`` seconds; the message names ``what``, the
+        last value seen and the context.
+    """
+    return _wait(
+        observe, accept, timeout, interval, context,
+        lambda: what or describe(observe if accept is bool else accept),
+    )  # fmt: skip
+
+
+def _wait(
+    observe: Callable[[], T],
+    accept: Callable[[T], object],
+    timeout: float,
+    interval: float,
+    context: Callable[[], object] | None,
+    what: Callable[[], str],
+) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        last_try = time.monotonic() >= deadline
+        seen = observe()
+        if accept(seen):
+            return seen
+        if last_try:
+            raise WaitTimeout(what(), timeout, seen, _context(context))
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+
+
+def wait_equal(
+    expected: object,
+    observe: Callable[[], T],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    what: str | None = None,
+    context: Callable[[], object] | None = None,
+) -> T:
+    """Poll ``observe()`` until it returns ``expected``; return it (see :func:`wait_for`).
+
+    Raises
+    ------
+    WaitTimeout
+        Not equal within ``timeout`` seconds; the message has both values.
+    """
+    return _wait(
+        observe, lambda seen: seen == expected, timeout, interval, context,
+        lambda: what or f"{describe(observe)} == {shown(expected)}",
+    )  # fmt: skip
 
 
 def retry_until(
-    predicate: Callable[[], bool],
+    predicate: Callable[[], object],
     timeout: float = 10.0,
     interval: float = 0.05,
     *,
     raises: bool = True,
+    what: str | None = None,
+    context: Callable[[], object] | None = None,
 ) -> bool:
-    """Poll ``predicate`` until it returns true, for at most ``timeout`` seconds.
+    """Poll ``predicate`` until it returns something true (see :func:`wait_for`).
 
-    This is the only waiting the system tests do (libtmux ``test/retry.py``): a
-    condition, polled, with a bound, never a fixed sleep.
+    The timeout message shows the last value the predicate returned: a predicate
+    that returns what it looked at (an empty list, ``None``) says more than one that
+    returns ``False``, and :func:`wait_for` with an observation says most.
 
     Returns
     -------
     bool
-        True as soon as the predicate holds (it is always tried at least once);
-        False on timeout when ``raises`` is false.
+        True as soon as the predicate holds; False on timeout when ``raises`` is false.
 
     Raises
     ------
     WaitTimeout
         On timeout when ``raises`` is true (the default).
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return True
-        if time.monotonic() >= deadline:
-            if raises:
-                name = getattr(predicate, "__name__", repr(predicate))
-                msg = f"{name} did not hold within {timeout}s"
-                raise WaitTimeout(msg)
-            return False
-        time.sleep(interval)
+    try:
+        wait_for(predicate, timeout=timeout, interval=interval, what=what, context=context)
+    except WaitTimeout:
+        if raises:
+            raise
+        return False
+    return True
+
+
+# --- the sandbox ------------------------------------------------------------------------
 
 
 def missing_requirements() -> list[str]:
@@ -170,25 +376,28 @@ def pid_alive(pid: int) -> bool:
 class UserManager:
     """A ``systemd --user`` manager plus journald for one sandbox user.
 
-    ``start()`` creates the user when missing (``useradd -m``), starts journald and the
-    manager and returns once the manager answers; ``stop()`` tears everything down and
-    kills every process left in the user's cgroups or owned by the user. Commands run
-    as the user through ``run()`` with a clean environment, ``cwd`` the user's home.
+    ``start()`` takes the user's lock, creates the user when missing (``useradd -m``),
+    starts journald and the manager and returns once the manager answers; ``stop()``
+    tears everything down, kills every process left in the user's cgroups or owned by
+    the user, and releases the lock. Commands run as the user through ``run()``, in
+    the manager's mount namespace, with a clean environment, ``cwd`` the user's home.
 
     Parameters
     ----------
     user
-        The sandbox user's name; created with a normal uid when missing.
+        The sandbox user's name; created with a normal uid when missing. By default
+        :func:`default_user` (``$GTD_SYSTEST_USER``, else one user per clone).
     ready_timeout
         How long ``start()`` waits for the manager to answer, in seconds.
     """
 
-    def __init__(self, user: str = "gtdtest", *, ready_timeout: float = 10.0) -> None:
-        self.user = user
+    def __init__(self, user: str | None = None, *, ready_timeout: float = 30.0) -> None:
+        self.user = user or default_user()
         self.ready_timeout = ready_timeout
         #: Seconds from spawning the bootstrap to the manager answering (set by start()).
         self.startup_seconds: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._lock: int | None = None
 
     def __enter__(self) -> t.Self:
         self.start()
@@ -234,6 +443,15 @@ class UserManager:
         return self.home / ".config" / "systemd" / "user"
 
     @property
+    def journal_dir(self) -> pathlib.Path:
+        """The user's journal directory: ``/var/log/journal`` inside the namespace.
+
+        Emptied by ``start()``, kept by ``stop()``: after a run, ``journalctl
+        --directory=`` on its machine-id subdirectory reads what the run logged.
+        """
+        return JOURNAL_ROOT / self.user
+
+    @property
     def cgroup(self) -> str:
         """The manager's cgroup path, relative to each hierarchy's root."""
         return f"user.slice/user-{self.uid}.slice/user@{self.uid}.service"
@@ -245,7 +463,11 @@ class UserManager:
 
     @property
     def _pidfile(self) -> pathlib.Path:
-        return pathlib.Path(f"/run/gtd-sandbox.{self.uid}.journald")
+        return STATE_DIR / f"{self.user}.journald"
+
+    @property
+    def _lockfile(self) -> pathlib.Path:
+        return STATE_DIR / f"{self.user}.lock"
 
     @property
     def journald_pid(self) -> int | None:
@@ -255,18 +477,63 @@ class UserManager:
         except (OSError, ValueError):
             return None
 
+    @property
+    def ns_pid(self) -> int | None:
+        """A process in the manager's mount namespace (the bootstrap shell), or None.
+
+        None before ``start()``, after ``stop()`` and once the bootstrap has exited.
+        """
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc.pid
+        return None
+
+    # --- the lock: one run per user -------------------------------------------------
+
+    def _try_lock(self) -> str | None:
+        """Take the user's lock; return None, or who holds it when another process does.
+
+        The lock is an ``flock`` on ``/run/gtd-sandbox/USER.lock``: the kernel drops it
+        when its holder dies, so a killed run leaves no stale lock, only leftovers.
+        """
+        if self._lock is not None:
+            return None
+        STATE_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+        fd = os.open(self._lockfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            return holder
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}, {REPO}\n".encode(), 0)
+        self._lock = fd
+        return None
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
     # --- lifecycle ------------------------------------------------------------------
 
     def _ensure_user(self) -> None:
-        try:
-            pwd.getpwnam(self.user)
-        except KeyError:
-            subprocess.run(
+        def add() -> str:
+            try:
+                pwd.getpwnam(self.user)
+            except KeyError:
+                pass
+            else:
+                return "exists"
+            # Another run's useradd may hold /etc/passwd's lock for a moment: try again.
+            result = subprocess.run(
                 ["useradd", "-m", "-s", "/bin/bash", self.user],
-                check=True,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-            )
+                check=False, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            )  # fmt: skip
+            return "exists" if result.returncode == 0 else result.stderr.strip()
+
+        wait_for(add, lambda out: out == "exists", timeout=30, interval=0.2,
+                 what=f"useradd {self.user} to succeed")  # fmt: skip
 
     def is_running(self) -> bool:
         """Whether the manager answers ``systemctl --user show -p Version``."""
@@ -283,24 +550,40 @@ class UserManager:
     def start(self) -> None:
         """Start journald and the user manager, and wait until the manager answers.
 
-        A manager left over from an earlier run (for instance one whose test runner
-        was killed) is stopped first, so the tests always get a fresh one.
+        A manager left over from an earlier run of this user (one whose test runner
+        was killed) is stopped first, so the tests always get a fresh one; the
+        journal directory is emptied.
 
         Raises
         ------
         SandboxError
-            If the manager does not answer within ``ready_timeout`` seconds; whatever
-            was started is stopped again first.
+            If another live test run holds this user (nothing of it is touched), or
+            the manager does not answer within ``ready_timeout`` seconds (whatever was
+            started is stopped again first).
         """
         if missing := missing_requirements():
             raise SandboxError("; ".join(missing))
-        self._ensure_user()
-        if self.is_running() or self.journald_pid is not None:
+        if (holder := self._try_lock()) is not None:
+            msg = (
+                f"sandbox user {self.user} is in use by another test run ({holder}); "
+                "give this run its own with GTD_SYSTEST_USER=<name>"
+            )
+            raise SandboxError(msg)
+        try:
+            self._start()
+        except BaseException:
             self.stop()
+            raise
+
+    def _start(self) -> None:
+        self._ensure_user()
+        self._teardown()
         rt = self.runtime_dir
         rt.mkdir(parents=True, exist_ok=True)
         os.chown(rt, self.uid, self.gid)
         rt.chmod(0o700)
+        shutil.rmtree(self.journal_dir, ignore_errors=True)
+        self.journal_dir.mkdir(mode=0o755, parents=True)
         for d in self.cgroup_dirs:
             d.mkdir(parents=True, exist_ok=True)
             for sub, _dirs, files in os.walk(d):
@@ -315,6 +598,7 @@ class UserManager:
             "SB_RT": str(rt),
             "SB_PATH": USER_PATH,
             "SB_PIDFILE": str(self._pidfile),
+            "SB_JOURNAL": str(self.journal_dir),
             "SB_CGDIRS": " ".join(str(d) for d in self.cgroup_dirs),
         }
         started = time.monotonic()
@@ -329,38 +613,40 @@ class UserManager:
         )
         proc = self._proc
 
-        def manager_answers() -> bool:
+        def manager() -> str:
             if proc.poll() is not None:
                 msg = f"systemd --user for {self.user} exited with rc={proc.returncode}"
                 raise SandboxError(msg)
-            return self.is_running()
+            return "answers" if self.is_running() else "no answer"
 
-        try:
-            ok = retry_until(manager_answers, self.ready_timeout, raises=False)
-        except SandboxError:
-            self.stop()
-            raise
-        if not ok:
-            self.stop()
-            msg = (
-                f"systemd --user for {self.user} did not answer within {self.ready_timeout}s "
-                f"(socket {rt}/systemd/private, `systemctl --user show -p Version`)"
-            )
-            raise SandboxError(msg)
+        wait_equal(
+            "answers", manager, timeout=self.ready_timeout, interval=0.1,
+            what=f"systemd --user of {self.user} to answer `systemctl --user show -p Version` "
+            f"on {rt}/systemd/private",
+        )  # fmt: skip
         self.startup_seconds = time.monotonic() - started
 
     def stop(self) -> None:
-        """Stop the manager and journald and kill everything the user still runs.
+        """Stop the manager and journald, kill everything the user still runs, unlock.
 
         Steps: ``systemctl --user exit`` and wait until the manager stops answering;
         SIGTERM the recorded journald (so it closes its files cleanly); SIGKILL every
         process in the user's cgroups and every process the user owns (``pkill -KILL
-        -u``, so no tmux server survives); remove the cgroup directories, the runtime
-        directory and the pidfile. Each step is bounded in time.
+        -u``, so no tmux server survives); remove the user's cgroup directories, the
+        runtime directory and the pidfile. Each step is bounded in time.
 
         Idempotent, and never raises, so it is safe in a finalizer; a step that fails
-        is skipped and the next one still runs.
+        is skipped and the next one still runs. When another live test run holds the
+        user's lock, nothing is done: that run's manager is not this one's to stop.
         """
+        if self._lock is None and self._try_lock() is not None:
+            return
+        try:
+            self._teardown()
+        finally:
+            self._unlock()
+
+    def _teardown(self) -> None:
         try:
             pwd.getpwnam(self.user)
         except KeyError:
@@ -453,9 +739,9 @@ class UserManager:
                 for sub, _dirs, _files in os.walk(d, topdown=False):
                     with contextlib.suppress(OSError):
                         os.rmdir(sub)
-            for parent in (d.parent, d.parent.parent):
-                with contextlib.suppress(OSError):
-                    parent.rmdir()
+            # user-UID.slice is this user's; user.slice is shared with other runs' users.
+            with contextlib.suppress(OSError):
+                d.parent.rmdir()
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
         self._pidfile.unlink(missing_ok=True)
 
@@ -470,9 +756,11 @@ class UserManager:
     ) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` as the sandbox user and capture its text output.
 
-        The command gets a clean environment: ``HOME``, ``USER``, ``LOGNAME``, ``PATH``,
-        ``LANG``, ``XDG_RUNTIME_DIR``, an empty ``DBUS_SESSION_BUS_ADDRESS``, plus
-        ``env``. Its working directory is the user's home and stdin is ``/dev/null``.
+        The command runs in the manager's mount namespace while the manager runs (so
+        it sees the same ``/var/log/journal`` and mounts as the user's services), with
+        a clean environment: ``HOME``, ``USER``, ``LOGNAME``, ``PATH``, ``LANG``,
+        ``XDG_RUNTIME_DIR``, an empty ``DBUS_SESSION_BUS_ADDRESS``, plus ``env``. Its
+        working directory is the user's home and stdin is ``/dev/null``.
 
         Raises
         ------
@@ -494,7 +782,11 @@ class UserManager:
             "DBUS_SESSION_BUS_ADDRESS": "",
             **(env or {}),
         }
+        ns = self.ns_pid
+        # Entering a mount namespace moves to its root: --wd keeps the home as cwd.
+        enter = [] if ns is None else ["nsenter", f"--target={ns}", "--mount", f"--wd={self.home}"]
         full = [
+            *enter,
             "runuser",
             "-u",
             self.user,
@@ -581,22 +873,15 @@ class UserManager:
         Raises
         ------
         WaitTimeout
-            If no entry matched within ``timeout`` seconds; the message lists the
-            ``MESSAGE`` of every entry that was seen.
+            If no entry matched within ``timeout`` seconds; the message shows the
+            entries seen last.
         """
-        seen: list[JournalEntry] = []
-        found: list[JournalEntry] = []
-
-        def matched() -> bool:
-            seen[:] = self.journal(unit, after_cursor=after_cursor)
-            found[:] = [e for e in seen if predicate(e)][:1]
-            return bool(found)
-
-        if retry_until(matched, timeout, interval=0.1, raises=False):
-            return found[0]
-        messages = "\n".join(f"  {e.get('MESSAGE')!r}" for e in seen)
-        msg = f"no journal entry of {unit} matched within {timeout}s; saw:\n{messages}"
-        raise WaitTimeout(msg)
+        entries = _wait(
+            lambda: Entries(self.journal(unit, after_cursor=after_cursor)),
+            lambda seen: any(predicate(e) for e in seen), timeout, 0.1, None,
+            lambda: f"a journal entry of {unit} where {describe(predicate)}",
+        )  # fmt: skip
+        return next(e for e in entries if predicate(e))
 
     # --- the user's files -----------------------------------------------------------
 

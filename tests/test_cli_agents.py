@@ -9,8 +9,8 @@ import pytest
 
 from gtd import cli
 from gtd.identities import parse_identity
-from tests.conftest import FakeAgent, TmuxServer, proc_environ
-from tests.sandbox import retry_until
+from tests.conftest import FakeAgent, TmuxServer, exec_view
+from tests.sandbox import wait_equal, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -31,9 +31,9 @@ def gtd(conf: pathlib.Path, *argv: str) -> int:
     return cli.main(["--config", str(conf), *argv])
 
 
-def listed_alive(conf: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> bool:
+def agent_list(conf: pathlib.Path, capsys: pytest.CaptureFixture[str]) -> str:
     assert 0 == gtd(conf, "agent", "list")
-    return " alive\n" in capsys.readouterr().out
+    return capsys.readouterr().out
 
 
 def test_agent_start_list_restart_stop(
@@ -45,13 +45,13 @@ def test_agent_start_list_restart_stop(
     out = capsys.readouterr().out
     assert out.startswith("gastown-crew-max: started in gt-gastown-crew-max pane %")
     pid = int(out.split()[-1])
-    env = proc_environ(pid)
-    assert ("gastown-crew-max", "gastown/crew/max", "gastown") == (
-        env["GT_ROLE"],
-        env["BD_ACTOR"],
-        env["GT_RIG"],
+    expected = ("node", ("gastown-crew-max", "gastown/crew/max", "gastown"))
+    assert expected == wait_equal(
+        expected, lambda: exec_view(pid, "GT_ROLE", "BD_ACTOR", "GT_RIG"), timeout=10
     )
-    assert retry_until(lambda: listed_alive(conf, capsys), 5)
+    assert " alive\n" in wait_for(
+        lambda: agent_list(conf, capsys), lambda out: " alive\n" in out, timeout=10
+    )
     assert 0 == gtd(conf, "agent", "start", "gastown-crew-max")
     assert "gastown-crew-max: already running\n" == capsys.readouterr().out
     assert 0 == gtd(conf, "agent", "restart", "gastown-crew-max")
@@ -142,12 +142,11 @@ def test_agent_start_and_stop_every_kind(
     parse_identity(identity).workdir(conf.parent / "town").mkdir(parents=True, exist_ok=True)
     assert 0 == gtd(conf, "agent", "start", identity)
     pid = int(capsys.readouterr().out.split()[-1])
-    env = proc_environ(pid)
-    assert (role, actor, rig, refinery) == (
-        env.get("GT_ROLE"),
-        env.get("BD_ACTOR"),
-        env.get("GT_RIG"),
-        env.get("GT_REFINERY"),
+    expected = ("node", (role, actor, rig, refinery))
+    assert expected == wait_equal(
+        expected,
+        lambda: exec_view(pid, "GT_ROLE", "BD_ACTOR", "GT_RIG", "GT_REFINERY"),
+        timeout=10,
     )
     assert 0 == gtd(conf, "agent", "stop", identity)
     assert f"{role}: stopped\n" == capsys.readouterr().out

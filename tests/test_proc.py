@@ -9,7 +9,7 @@ import time
 import pytest
 
 from gtd import proc
-from tests.sandbox import retry_until
+from tests.sandbox import wait_for
 
 
 def test_timeout_kills_the_process_group(tmp_path: pathlib.Path) -> None:
@@ -22,15 +22,15 @@ def test_timeout_kills_the_process_group(tmp_path: pathlib.Path) -> None:
     grandchild = int(pidfile.read_text())
     stat = pathlib.Path(f"/proc/{grandchild}/stat")
 
-    def gone() -> bool:
-        # SIGKILL is delivered asynchronously; the orphan then stays a zombie (PID 1 here
-        # does not reap).
+    def state() -> str:
         try:
-            return stat.read_text().split()[2] == "Z"
+            return stat.read_text().rpartition(")")[2].split()[0]
         except FileNotFoundError:
-            return True
+            return "gone"
 
-    assert retry_until(gone, 5)
+    # SIGKILL is delivered asynchronously; the orphan then stays a zombie (PID 1 here
+    # does not reap).
+    wait_for(state, lambda s: s in ("Z", "gone"), what=f"sleep (pid {grandchild}) to die")
 
 
 def test_timeout_returns_even_when_pipes_are_held(tmp_path: pathlib.Path) -> None:

@@ -11,8 +11,8 @@ import pytest
 
 from gtd.exc import NoServer, TmuxTimeout
 from gtd.tmux import SEP, Tmux, env_argv, parse_panes
-from tests.conftest import TmuxServer, proc_comm, proc_environ
-from tests.sandbox import retry_until
+from tests.conftest import TmuxServer, exec_view
+from tests.sandbox import wait_equal, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -52,10 +52,10 @@ def test_new_session_environment_reaches_the_process(
     pane = tmux.new_session(
         "gt-deacon", cwd=str(tmp_path), env={"GT_ROLE": "deacon"}, argv=argv, tag="deacon"
     )
-    assert retry_until(lambda: proc_comm(pane.pane_pid).startswith("python"), 5)
-    env = proc_environ(pane.pane_pid)
-    assert (env["GT_ROLE"], env["BD_ACTOR"]) == ("deacon", "deacon")
-    assert "GT_RIG" not in env
+    expected = (pathlib.Path(SLEEPER[0]).name[:15], ("deacon", "deacon", None))
+    assert expected == wait_equal(
+        expected, lambda: exec_view(pane.pane_pid, "GT_ROLE", "BD_ACTOR", "GT_RIG")
+    )
     assert pathlib.Path(f"/proc/{pane.pane_pid}/cwd").resolve() == tmp_path.resolve()
     [listed] = tmux.list_panes()
     assert (listed.pane_pid, listed.agent, listed.dead) == (pane.pane_pid, "deacon", False)
@@ -70,7 +70,7 @@ def test_dead_pane_remains_and_respawns_in_place(
         "gt-x", cwd=str(tmp_path), env={}, argv=[sys.executable, "-c", "pass"], tag="x"
     )
     tmux_server.cmd("split-window", "-d", "-t", "=gt-x:", "sleep 600")
-    assert retry_until(lambda: any(p.dead for p in tmux.list_panes()), 5)
+    wait_for(tmux.list_panes, lambda panes: any(p.dead for p in panes), what="a dead pane")
     respawned = tmux.respawn_pane(pane.pane_id, cwd=str(tmp_path), env={}, argv=SLEEPER, tag="x")
     panes = tmux.list_panes()
     assert respawned.pane_id == pane.pane_id
@@ -114,6 +114,7 @@ def test_cursor_line_and_literal_text(tmux_server: TmuxServer, tmp_path: pathlib
     pane = tmux.new_session(
         "t", cwd=str(tmp_path), env={}, argv=["env", "PS1=$ ", "/bin/sh"], tag=""
     )
-    assert retry_until(lambda: tmux.cursor_line(pane.pane_id) == "$", 5)
+    assert "$" == wait_equal("$", lambda: tmux.cursor_line(pane.pane_id))
     tmux.send_literal(pane.pane_id, "echo 'a b' $x;")
-    assert retry_until(lambda: tmux.cursor_line(pane.pane_id) == "$ echo 'a b' $x;", 5)
+    typed = "$ echo 'a b' $x;"
+    assert typed == wait_equal(typed, lambda: tmux.cursor_line(pane.pane_id))

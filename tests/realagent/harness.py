@@ -29,6 +29,7 @@ import typing as t
 from gtd.claude import ClaudeCode
 from gtd.screen import Condition, Reading, Screen
 from gtd.tmux import SCREEN_FORMAT, SEP, Tmux
+from tests.sandbox import default_user
 
 if t.TYPE_CHECKING:
     from tests.fakeapi import FakeAPI
@@ -57,7 +58,8 @@ PREFIX = INSTALL_ROOT / VERSION
 PACKAGE = PREFIX / "node_modules" / "@anthropic-ai"
 BINARY = PREFIX / "node_modules" / ".bin" / "claude"
 """The npm layout's ``claude`` (a symlink to ``bin/claude.exe``, the native binary)."""
-USER = os.environ.get("GTD_SYSTEST_USER", "gtdtest")
+USER = default_user()
+"""This clone's test user (``$GTD_SYSTEST_USER``, else one derived from the clone's path)."""
 API_KEY = "sk-ant-api03-" + "gtdtest" * 12 + "-AAAAAAAAAAAAAAAAAAAA"
 OAUTH_TOKEN = "sk-ant-oat01-" + "gtdtest" * 12 + "-AA"
 PATH = "/usr/local/bin:/usr/bin:/bin"

@@ -6,7 +6,6 @@ reason, where a manager cannot be started (not root, systemd or a tool missing).
 
 from __future__ import annotations
 
-import os
 import pathlib
 import sys
 import typing as t
@@ -39,9 +38,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def user_manager() -> Iterator[UserManager]:
     """Start one user manager for the session; always stop it at the end.
 
-    The user is ``gtdtest``, or ``$GTD_SYSTEST_USER`` so two runs can share a machine.
+    The user is this clone's own (``tests.sandbox.default_user``: ``$GTD_SYSTEST_USER``,
+    else derived from the clone's path), so runs from two clones never share one.
     """
-    um = UserManager(os.environ.get("GTD_SYSTEST_USER", "gtdtest"))
+    um = UserManager()
     try:
         um.start()
         yield um

@@ -22,7 +22,7 @@ import pytest
 
 from gtd import events
 from tests.conftest import FAKE_AGENT
-from tests.sandbox import UserManager, retry_until
+from tests.sandbox import UserManager, retry_until, wait_for
 from tests.system.towns import DAEMON, REPO, TMUX, Town
 
 if t.TYPE_CHECKING:
@@ -123,7 +123,10 @@ def enable_now(town: Town) -> None:
     """What the package tells the user to run; wait until the deacon is up."""
     town.um.systemctl("daemon-reload")
     town.um.systemctl("enable", "--now", DAEMON)
-    assert retry_until(town.agent_ready, 15), town.messages()
+    wait_for(
+        town.agent_seen, lambda seen: f"{seen[0]} READY" in seen[1], timeout=30,
+        what="the packaged deacon's process to log READY", context=town.messages,
+    )  # fmt: skip
 
 
 def bash_complete(um: UserManager, line: str) -> list[str]:

@@ -23,7 +23,7 @@ import pytest
 from gtd import lifecycle
 from gtd.request import new_id
 from gtd.spool import spool_dir
-from tests.sandbox import USER_PATH, JournalEntry, retry_until
+from tests.sandbox import JournalEntry, wait_equal, wait_for
 from tests.system.towns import DAEMON, TMUX, Town
 
 if t.TYPE_CHECKING:
@@ -40,7 +40,7 @@ class SmallTown:
 
     town: Town
     ns_pid: int
-    """A process in the user manager's mount namespace (its journald)."""
+    """A process in the user manager's mount namespace."""
 
     @property
     def root(self) -> pathlib.Path:
@@ -52,17 +52,8 @@ class SmallTown:
         return self.root / "filler"
 
     def run(self, *argv: str) -> subprocess.CompletedProcess[str]:
-        """Run *argv* as the sandbox user inside the manager's mount namespace."""
-        um = self.town.um
-        env = {"HOME": str(um.home), "USER": um.user, "LOGNAME": um.user, "PATH": USER_PATH,
-               "LANG": "C.UTF-8", "XDG_RUNTIME_DIR": str(um.runtime_dir),
-               "DBUS_SESSION_BUS_ADDRESS": ""}  # fmt: skip
-        return subprocess.run(
-            ["nsenter", f"--target={self.ns_pid}", "--mount", f"--wd={um.home}", "--",
-             "runuser", "-u", um.user, "--", "/usr/bin/env", "-i",
-             *(f"{k}={v}" for k, v in env.items()), *argv],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
+        """Run *argv* as the sandbox user (in the manager's mount namespace, as always)."""
+        return self.town.um.run(*argv, check=False, timeout=60)
 
     def fill(self) -> None:
         """Write to the filler until the tmpfs is full (ENOSPC); safe to call again."""
@@ -117,7 +108,7 @@ def small_town(town: Town, outside: pathlib.Path) -> Iterator[SmallTown]:
     The tmpfs is unmounted (lazily) afterwards, failed test or not, once the units
     are stopped.
     """
-    ns_pid = town.um.journald_pid
+    ns_pid = town.um.ns_pid
     assert ns_pid is not None
     town.root.mkdir(exist_ok=True)  # `gtd units install` creates it (ReadWritePaths=)
     assert [] == os.listdir(town.root)
@@ -168,7 +159,7 @@ def test_a_full_disk_keeps_state_json_and_the_daemon_recovers(small_town: SmallT
     """
     small, town = small_town, small_town.town
     town.start()
-    assert retry_until(lambda: heartbeat_count(small) >= 1, 10)
+    wait_for(lambda: heartbeat_count(small), lambda n: n >= 1, what="the first heartbeat")
     deacon_state = small.write("deacon/state.json", b'{"mood": "ok"}\n', 0o644)
     main, state = town.main_pid(), small.root / "daemon" / "state.json"
     cursor = town.um.journal_cursor()
@@ -177,10 +168,10 @@ def test_a_full_disk_keeps_state_json_and_the_daemon_recovers(small_town: SmallT
         small.fill()  # top up: a write in flight while filling can free a page afterwards
         return len(no_space_errors(town, cursor, "state.json"))
 
-    assert retry_until(lambda: failures() >= 1, 10)
+    wait_for(failures, lambda n: n >= 1, timeout=30, context=town.messages)
     before = state.read_bytes()
     cursor = town.um.journal_cursor()
-    assert retry_until(lambda: failures() >= 2, 15)
+    wait_for(failures, lambda n: n >= 2, timeout=30, context=town.messages)
     assert before == state.read_bytes()
     assert json.loads(before)["pid"] == main
     assert [] == [n for n in os.listdir(small.root / "daemon") if n.endswith(".tmp")]
@@ -201,10 +192,11 @@ def test_a_full_disk_keeps_state_json_and_the_daemon_recovers(small_town: SmallT
 
     small.filler.unlink()
     count = json.loads(before)["heartbeat_count"]
-    assert retry_until(lambda: heartbeat_count(small) > count + 1, 10), town.messages()[-5:]
+    wait_for(lambda: heartbeat_count(small), lambda n: n > count + 1, timeout=30,
+             context=town.messages)  # fmt: skip
     cursor = town.um.journal_cursor()
     seen = heartbeat_count(small)
-    assert retry_until(lambda: heartbeat_count(small) > seen, 10)
+    wait_for(lambda: heartbeat_count(small), lambda n: n > seen, timeout=30)
     assert [] == no_space_errors(town, cursor, "")
     props = town.show("ActiveState", "MainPID", "NRestarts", "StatusText")
     assert "No space" not in props["StatusText"]
@@ -245,13 +237,12 @@ def test_a_full_disk_at_the_flag_clear_keeps_the_request(small_town: SmallTown) 
     assert "No space left on device" in entry["MESSAGE"]
     assert str(town.root / "deacon" / "state.json") in entry["MESSAGE"]
     assert ("4", "retry") == (entry.get("PRIORITY"), entry.get("GTD_OUTCOME"))
-    assert retry_until(lambda: town.deacon_pid() not in (None, first), 5)
-    cycled = town.deacon_pid()
+    cycled = town.new_deacon(first)
 
     def waited() -> int:
         return sum(1 for e in town.um.journal(DAEMON, after_cursor=cursor) if waits(e))
 
-    assert retry_until(lambda: waited() > lifecycle.MAX_ATTEMPTS, 20)
+    wait_for(waited, lambda n: n > lifecycle.MAX_ATTEMPTS, timeout=60, context=town.messages)
     assert ([f"{rid}.json"], [], []) == (
         spool(small, "cur"),
         spool(small, "failed"),
@@ -299,7 +290,7 @@ def test_hostile_spool_files_fail_and_the_service_stays_up(
     town.start()
     main, deacon = town.main_pid(), town.deacon_pid()
     new = spool_dir(town.root) / "new"
-    assert retry_until(new.is_dir, 10)
+    wait_for(new.is_dir, what=f"{new} to exist")
     state = town.um.write_file(
         (town.root / "deacon" / "state.json").relative_to(town.um.home),
         '{"requesting_cycle": true}',
@@ -317,19 +308,23 @@ def test_hostile_spool_files_fail_and_the_service_stays_up(
     (new / f"{ids[2]}.json").write_bytes(request_bytes(ids[2]))  # root's: not the daemon's
     os.mkfifo(new / f"{ids[3]}.json", 0o600)
     os.chown(new / f"{ids[3]}.json", uid, town.um.gid)
-    town.um.systemctl("kill", "-s", "USR1", DAEMON)
-    assert retry_until(lambda: len(failed_reasons(town)) == 4, 10), town.messages()[-5:]
     root = 65534 if town.show("PrivateUsers")["PrivateUsers"] == "yes" else 0  # unmapped: nobody
-    assert {
+    town.um.systemctl("kill", "-s", "USR1", DAEMON)
+    expected = {
         ids[0]: "not a regular file (symlink); left unread",
         ids[1]: "not trusted: writable by group or others (mode 0666); left unread",
         ids[2]: f"not trusted: owned by uid {root}, not by the daemon's uid {uid}; left unread",
         ids[3]: "not a regular file (FIFO); left unread",
-    } == failed_reasons(town)
-    logged = {
-        e.get("GTD_REQUEST_ID"): e for e in town.journal() if e.get("GTD_OUTCOME") == "failed"
     }
-    assert dict.fromkeys(ids[:4], "3") == {rid: logged[rid].get("PRIORITY") for rid in ids[:4]}
+    assert expected == wait_equal(expected, lambda: failed_reasons(town), context=town.messages)
+
+    def failures_logged() -> dict[str, str | None]:
+        entries = [e for e in town.journal() if e.get("GTD_OUTCOME") == "failed"]
+        return {str(e.get("GTD_REQUEST_ID")): e.get("PRIORITY") for e in entries}
+
+    # Each is logged once its file has left new/: the journal is the last thing to wait on.
+    logged = wait_for(failures_logged, lambda seen: set(ids[:4]) <= seen.keys())
+    assert dict.fromkeys(ids[:4], "3") == {rid: logged[rid] for rid in ids[:4]}
     assert request_bytes(ids[0]) == secret.read_bytes()
     assert 1_000_000_000 == secret.stat().st_mtime_ns
     assert ([], []) == (os.listdir(new), os.listdir(new.parent / "cur"))
@@ -354,7 +349,7 @@ def test_hostile_spool_files_fail_and_the_service_stays_up(
 
     new.chmod(0o700)  # a person fixes it: the next pass carries the request out
     town.um.systemctl("kill", "-s", "USR1", DAEMON)
-    assert retry_until(lambda: town.deacon_pid() not in (None, deacon), 10), town.messages()[-5:]
+    town.new_deacon(deacon)
     assert ("active", main) == (town.show("ActiveState")["ActiveState"], town.main_pid())
 
 

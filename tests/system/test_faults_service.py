@@ -11,10 +11,14 @@ import os
 import pathlib
 import signal
 import time
+import typing as t
 
 from tests.conftest import proc_environ
-from tests.sandbox import retry_until
+from tests.sandbox import wait_equal, wait_for
 from tests.system.towns import DAEMON, TMUX, Town
+
+if t.TYPE_CHECKING:
+    from tests.sandbox import JournalEntry
 
 
 def tmux_pid(town: Town, *socket: str) -> int:
@@ -26,8 +30,9 @@ def failed_listings(town: Town) -> int:
     return sum(m.startswith("tmux unavailable:") for m in town.messages())
 
 
-def status(town: Town) -> str:
-    return town.show("StatusText")["StatusText"]
+def logged(town: Town, text: str, pid: int) -> t.Callable[[JournalEntry], bool]:
+    """Match entries of process *pid* whose MESSAGE contains *text*."""
+    return lambda e: text in str(e.get("MESSAGE")) and e.get("_PID") == str(pid)
 
 
 def test_frozen_tmux_server_is_waited_out(town: Town) -> None:
@@ -40,15 +45,17 @@ def test_frozen_tmux_server_is_waited_out(town: Town) -> None:
     os.kill(server, signal.SIGSTOP)
     frozen = time.monotonic()
     try:
-        assert retry_until(lambda: "tmux unavailable" in status(town), 15), town.messages()[-5:]
+        wait_for(town.status, lambda s: "tmux unavailable" in s, timeout=30, context=town.messages)
         # The fault lasts past WatchdogSec=6s and several failed listings (1 s timeouts).
-        assert retry_until(
-            lambda: failed_listings(town) >= 3 and time.monotonic() - frozen > 7, 30
-        ), town.messages()[-5:]
-        assert "tmux unavailable" in status(town)
+        wait_for(
+            lambda: (failed_listings(town), round(time.monotonic() - frozen, 1)),
+            lambda seen: seen[0] >= 3 and seen[1] > 7, timeout=60, interval=0.2,
+            what="3 failed listings and 7 s of a frozen server", context=town.messages,
+        )  # fmt: skip
+        assert "tmux unavailable" in town.status()
     finally:
         os.kill(server, signal.SIGCONT)
-    assert retry_until(lambda: "tmux unavailable" not in status(town), 20), status(town)
+    wait_for(town.status, lambda s: "tmux unavailable" not in s, timeout=30)
     props = town.show("ActiveState", "NRestarts", "MainPID")
     assert ("active", "0", str(main)) == (
         props["ActiveState"],
@@ -56,7 +63,7 @@ def test_frozen_tmux_server_is_waited_out(town: Town) -> None:
         props["MainPID"],
     )
     assert pid == town.deacon_pid()
-    assert any("tmux answers again" in m for m in town.messages())
+    town.um.wait_journal(DAEMON, logged(town, "tmux answers again", main), after_cursor=town.cursor)
 
 
 def test_killed_tmux_server_leaves_a_persons_server_alone(town: Town) -> None:
@@ -67,7 +74,7 @@ def test_killed_tmux_server_leaves_a_persons_server_alone(town: Town) -> None:
         town.start()
         old = town.deacon_pid()
         town.um.run("tmux", "-L", town.socket, "kill-server")
-        assert retry_until(lambda: town.deacon_pid() not in (None, old), 15), town.messages()
+        town.new_deacon(old)
         assert "active" == town.um.show(TMUX, "ActiveState")["ActiveState"]
         assert person == tmux_pid(town)
         sessions = town.um.run("tmux", "list-sessions", "-F", "#{session_name}").stdout.split()
@@ -82,13 +89,17 @@ def test_no_agent_is_signalled_by_anything_done_to_the_unit(town: Town) -> None:
     pid = town.deacon_pid()
     main = town.main_pid()
     town.um.systemctl("kill", "-s", "KILL", DAEMON)
-    assert retry_until(lambda: town.main_pid() not in (0, main), 15)
-    assert retry_until(lambda: "active" == town.show("ActiveState")["ActiveState"], 15)
+    wait_for(town.main_pid, lambda new: new not in (0, main), timeout=30)
+    wait_equal("active", lambda: town.show("ActiveState")["ActiveState"], timeout=30)
     for verb in ("restart", "reload", "stop", "start"):
         town.um.systemctl(verb, DAEMON)
+    main = town.main_pid()
     town.um.systemctl("kill", "-s", "USR1", DAEMON)
     town.um.systemctl("kill", "-s", "HUP", DAEMON)
-    assert retry_until(lambda: sum("SIGUSR1: processing" in m for m in town.messages()) >= 1, 5)
+    # Both handled by this process before the agent is looked at: a signal it sent would show.
+    journal, cursor = town.um.wait_journal, town.cursor
+    journal(DAEMON, logged(town, "SIGUSR1: processing", main), after_cursor=cursor)
+    journal(DAEMON, logged(town, "config reloaded", main), after_cursor=cursor)
     assert pid == town.deacon_pid()
     assert [] == town.agent_signals()
 
@@ -110,7 +121,7 @@ def test_crash_loop_backs_off_says_so_and_recovers(town: Town) -> None:
     before = len(town.messages())
     killed = time.monotonic()
     town.um.run("kill", "-KILL", str(pid))
-    assert retry_until(lambda: "crash-looping (4 quick exits)" in status(town), 30), status(town)
+    wait_for(town.status, lambda s: "crash-looping (4 quick exits)" in s, timeout=60)
     # Exits at ~0, 1, 3, 7 s: without backoff four exits would take well under a second.
     assert time.monotonic() - killed > 6
     starts = [ln for ln in town.log.read_text().splitlines() if ln.endswith(" START")]
@@ -118,8 +129,8 @@ def test_crash_loop_backs_off_says_so_and_recovers(town: Town) -> None:
     assert len(town.messages()) - before < 40
     assert "active" == town.show("ActiveState")["ActiveState"]
     crash.unlink()
-    assert retry_until(lambda: town.deacon_pid() is not None, 40), town.messages()[-5:]
-    assert retry_until(lambda: status(town).startswith("deacon running"), 30), status(town)
+    wait_for(town.deacon_pid, lambda new: new is not None, timeout=60, context=town.messages)
+    wait_for(town.status, lambda s: s.startswith("deacon running"), timeout=60)
 
 
 def test_reload_new_agent_command_keeps_the_running_agent(town: Town) -> None:
@@ -130,12 +141,12 @@ def test_reload_new_agent_command_keeps_the_running_agent(town: Town) -> None:
     town.agent_args = "--trap --exit-after 0"  # a marker visible in the new agent's argv
     town.write_config()
     town.um.systemctl("reload", DAEMON)
-    assert retry_until(lambda: any("config reloaded" in m for m in town.messages()), 5)
+    town.um.wait_journal(
+        DAEMON, lambda e: "config reloaded" in str(e.get("MESSAGE")), after_cursor=town.cursor
+    )
     assert pid == town.deacon_pid()
     town.um.run("kill", "-KILL", str(pid))
-    assert retry_until(lambda: town.deacon_pid() not in (None, pid), 5)
-    new = town.deacon_pid()
-    assert new is not None
+    new = town.new_deacon(pid)
     argv = pathlib.Path(f"/proc/{new}/cmdline").read_bytes().split(b"\0")
     assert b"--exit-after" in argv
     assert "deacon" == proc_environ(new)["GT_ROLE"]
@@ -150,12 +161,13 @@ def test_reload_new_socket_leaves_old_agents_running(town: Town) -> None:
     town.um.systemctl("reload", DAEMON)
     listing = ["list-panes", "-t", "=gt-deacon", "-F", "#{pane_pid}"]
 
-    def new_deacon() -> bool:
+    def new_deacon() -> str:
         proc = town.um.run("tmux", "-L", f"{old_socket}b", *listing, check=False)
-        return proc.returncode == 0 and proc.stdout.strip().isdigit()
+        return proc.stdout.strip() if proc.returncode == 0 else proc.stderr.strip()
 
     try:
-        assert retry_until(new_deacon, 10), town.messages()[-5:]
+        wait_for(new_deacon, str.isdigit, timeout=30, what=f"a deacon on {old_socket}b",
+                 context=town.messages)  # fmt: skip
         assert pid == town.deacon_pid()
         assert [] == town.agent_signals()
         state = json.loads((town.root / "daemon" / "state.json").read_text())

@@ -5,10 +5,9 @@ from __future__ import annotations
 import collections
 import json
 import pathlib
-import time
 import typing as t
 
-from tests.sandbox import retry_until
+from tests.sandbox import wait_equal, wait_for
 from tests.system.towns import DAEMON, Town
 
 ENQUEUE = """
@@ -35,9 +34,37 @@ def enqueue_many(town: Town, count: int, action: str = "shutdown") -> list[str]:
     return ids
 
 
-def spool_empty(town: Town) -> bool:
+def spooled(town: Town) -> list[str]:
+    """The requests still in the spool (``new/`` and ``cur/``), as ``dir/name``."""
     base = town.root / "daemon" / "lifecycle"
-    return not any((base / d).exists() and any((base / d).iterdir()) for d in ("new", "cur"))
+    return [
+        f"{d}/{p.name}" for d in ("new", "cur") if (base / d).exists() for p in (base / d).iterdir()
+    ]
+
+
+def wait_spool_empty(town: Town, timeout: float) -> None:
+    wait_for(
+        lambda: spooled(town), lambda left: not left, timeout=timeout, interval=0.2,
+        what="an empty spool (new/ and cur/)", context=lambda: town.messages()[-10:],
+    )  # fmt: skip
+
+
+def wait_outcomes(
+    town: Town, ids: t.Iterable[str], want: t.Mapping[str, int], timeout: float, *, exact: bool
+) -> None:
+    """Wait until the journal shows the outcome counts *want* for every one of *ids*.
+
+    With *exact* no other outcome may show for them; else only those in *want* count.
+    On timeout the message lists the requests whose counts were still wrong.
+    """
+
+    def wrong() -> dict[str, dict[str, int]]:
+        seen = outcomes(town)
+        got = {rid: seen[rid] if exact else {k: seen[rid][k] for k in want} for rid in ids}
+        return {rid: dict(counts) for rid, counts in got.items() if counts != want}
+
+    what = f"{dict(want)} {'exactly ' if exact else ''}for each request"
+    assert {} == wait_equal({}, wrong, timeout=timeout, interval=0.2, what=what)
 
 
 def outcomes(town: Town) -> dict[str, collections.Counter[str]]:
@@ -59,23 +86,25 @@ def test_gtd_request_cycles_the_deacon_at_once(town: Town) -> None:
     """`gtd request deacon cycle --force` restarts the deacon now, not at the heartbeat."""
     town.start()
     old = town.deacon_pid()
-    sent = time.monotonic()
+    beats = wait_for(town.heartbeats, lambda n: n >= 1, what="the first heartbeat")
     rid = town.gtd_cmd("request", "deacon", "cycle", "--force").strip()
-    assert retry_until(lambda: town.deacon_pid() not in (None, old), 5), town.messages()
-    assert time.monotonic() - sent < 5
-    assert retry_until(lambda: outcomes(town).get(rid, collections.Counter())["done"] == 1, 5)
+    town.new_deacon(old)
+    wait_outcomes(town, [rid], {"done": 1}, timeout=30, exact=False)
+    assert beats == town.heartbeats()  # the request was carried out, not the heartbeat
     state = json.loads((town.root / "deacon" / "state.json").read_text())
     assert "requesting_cycle" not in state
-    assert spool_empty(town)
+    assert [] == spooled(town)
 
 
 def test_usr1_processes_a_queued_request(town: Town) -> None:
     """A request put in the spool is carried out on `systemctl --user kill -s USR1`."""
     town.start()
+    beats = wait_for(town.heartbeats, lambda n: n >= 1, what="the first heartbeat")
     [rid] = enqueue_many(town, 1)
     town.um.systemctl("kill", "-s", "USR1", DAEMON)
-    assert retry_until(lambda: spool_empty(town), 5)
-    assert retry_until(lambda: outcomes(town).get(rid, collections.Counter())["done"] == 1, 5)
+    wait_outcomes(town, [rid], {"done": 1}, timeout=30, exact=False)
+    assert [] == spooled(town)
+    assert beats == town.heartbeats()  # on USR1, not at the heartbeat 300 s away
 
 
 def test_thousand_requests_and_usr1_burst_each_once(town: Town) -> None:
@@ -84,10 +113,8 @@ def test_thousand_requests_and_usr1_burst_each_once(town: Town) -> None:
     ids = enqueue_many(town, 1000)
     for _ in range(30):
         town.um.systemctl("kill", "-s", "USR1", DAEMON)
-    assert retry_until(lambda: spool_empty(town), 120), town.messages()[-5:]
-    assert retry_until(lambda: len(outcomes(town)) >= len(ids), 20)
-    seen = outcomes(town)
-    assert {rid: collections.Counter({"done": 1}) for rid in ids} == {rid: seen[rid] for rid in ids}
+    wait_spool_empty(town, 180)
+    wait_outcomes(town, ids, {"done": 1}, timeout=60, exact=True)
     assert [] == failed(town)
     assert "active" == town.show("ActiveState")["ActiveState"]
 
@@ -98,10 +125,10 @@ def test_kill_9_mid_processing_loses_nothing(town: Town) -> None:
     ids = enqueue_many(town, 400)
     main = town.main_pid()
     town.um.systemctl("kill", "-s", "USR1", DAEMON)
-    assert retry_until(lambda: len(outcomes(town)) >= 20, 30)
+    wait_for(lambda: len(outcomes(town)), lambda n: n >= 20, timeout=60, interval=0.2)
     town.um.systemctl("kill", "-s", "KILL", DAEMON)
-    assert retry_until(lambda: town.main_pid() not in (0, main), 30)
-    assert retry_until(lambda: spool_empty(town), 120), town.messages()[-5:]
+    wait_for(town.main_pid, lambda pid: pid not in (0, main), timeout=30)
+    wait_spool_empty(town, 180)
     assert int(town.show("NRestarts")["NRestarts"]) >= 1
     assert [] == failed(town)
     left: list[t.Any] = []
@@ -132,9 +159,9 @@ def test_bad_requests_are_journaled_and_failed(town: Town) -> None:
         path = town.um.write_file((new / f"{rid}.json").relative_to(town.um.home), "")
         path.write_bytes(data)
     town.um.systemctl("kill", "-s", "USR1", DAEMON)
-    assert retry_until(lambda: len(failed(town)) == len(cases), 5), town.messages()[-5:]
-    seen = outcomes(town)
-    assert dict.fromkeys(cases, 1) == {rid: seen[rid]["failed"] for rid in cases}
+    # Each is logged after its file left new/, so the journal is the last thing to wait on.
+    wait_outcomes(town, cases, {"failed": 1}, timeout=30, exact=False)
+    assert sorted(f"{rid}.json" for rid in cases) == [p.name for p in failed(town)]
     for path in failed(town):
         assert json.loads(path.read_text())["reason"]
     assert "active" == town.show("ActiveState")["ActiveState"]

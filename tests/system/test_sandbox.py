@@ -8,13 +8,24 @@ These prove that what the gtd system tests rely on really works in the sandbox:
 from __future__ import annotations
 
 import pathlib
+import secrets
 import shutil
+import subprocess
 import textwrap
 import typing as t
 
 import pytest
 
-from tests.sandbox import CommandFailed, UserManager, pid_alive, retry_until
+from tests.sandbox import (
+    CommandFailed,
+    SandboxError,
+    UserManager,
+    clone_id,
+    default_user,
+    pid_alive,
+    wait_equal,
+    wait_for,
+)
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable
@@ -84,9 +95,7 @@ def test_notify_unit_is_activating_until_ready_then_active_and_journaled(
     assert manager.show("test-notify.service", "ActiveState")["ActiveState"] == "activating"
 
     manager.write_file(flag.name, "")
-    retry_until(
-        lambda: manager.show("test-notify.service", "ActiveState")["ActiveState"] == "active"
-    )
+    wait_equal("active", lambda: manager.show("test-notify.service", "ActiveState")["ActiveState"])
     entry = manager.wait_journal(
         "test-notify.service", message("notify: ready"), after_cursor=cursor
     )
@@ -140,9 +149,10 @@ def test_watchdog_kills_a_silent_unit_and_restart_brings_it_back(manager: UserMa
     first = manager.show("test-watchdog.service", "MainPID", "NRestarts")
     assert first["NRestarts"] == "0"
 
-    retry_until(
-        lambda: int(manager.show("test-watchdog.service", "NRestarts")["NRestarts"]) >= 1,
-        timeout=10,
+    wait_for(
+        lambda: int(manager.show("test-watchdog.service", "NRestarts")["NRestarts"]),
+        lambda restarts: restarts >= 1,
+        timeout=30,
     )
     manager.wait_journal(
         "test-watchdog.service",
@@ -152,8 +162,8 @@ def test_watchdog_kills_a_silent_unit_and_restart_brings_it_back(manager: UserMa
     manager.wait_journal(
         "test-watchdog.service", message("watchdog: WATCHDOG_USEC=2000000"), after_cursor=cursor
     )
-    retry_until(
-        lambda: manager.show("test-watchdog.service", "ActiveState")["ActiveState"] == "active"
+    wait_equal(
+        "active", lambda: manager.show("test-watchdog.service", "ActiveState")["ActiveState"]
     )
     assert first["MainPID"] != manager.show("test-watchdog.service", "MainPID")["MainPID"]
 
@@ -189,7 +199,7 @@ def test_gtd_venv_imports_gtd_as_the_user(manager: UserManager, gtd_venv: pathli
 
 def test_stop_leaves_no_process_cgroup_or_manager(user_manager: UserManager) -> None:
     """stop() ends the manager, journald, leftover unit processes and the user's tmux server."""
-    with UserManager("gtdtest2") as um:
+    with UserManager(f"{user_manager.user}-2") as um:
         # KillMode=process leaves the forked `sleep 1000` behind in the unit's cgroup.
         um.install_unit(
             "test-leftover.service",
@@ -200,7 +210,7 @@ def test_stop_leaves_no_process_cgroup_or_manager(user_manager: UserManager) -> 
         if shutil.which("tmux"):
             um.run("tmux", "-L", "sandbox", "-f", "/dev/null", "new-session", "-d", "sleep 1002")
             expected.add("sleep 1002")
-        retry_until(lambda: expected <= {_cmdline(pid) for pid in um.user_pids()})
+        wait_for(lambda: {_cmdline(pid) for pid in um.user_pids()}, lambda seen: expected <= seen)
         journald = um.journald_pid
         assert journald is not None
         assert pid_alive(journald)
@@ -215,6 +225,59 @@ def test_stop_leaves_no_process_cgroup_or_manager(user_manager: UserManager) -> 
     assert not runtime_dir.exists()
     um.stop()  # idempotent
     assert user_manager.is_running(), "the session's manager must be untouched"
+
+
+def test_a_second_run_on_the_same_user_is_refused_and_harms_nothing(
+    manager: UserManager,
+) -> None:
+    """Another UserManager for a user in use fails to start, says why, and stops nothing."""
+    other = UserManager(manager.user)
+    with pytest.raises(SandboxError, match=f"sandbox user {manager.user} is in use by another"):
+        other.start()
+    other.stop()  # what a fixture's finalizer does: must not touch the live run
+    assert manager.is_running()
+    assert manager.journald_pid is not None
+    assert pid_alive(manager.journald_pid)
+
+
+def test_the_journal_is_the_runs_own_and_read_as_a_user_would(manager: UserManager) -> None:
+    """`journalctl --user -u` as the user reads this run's journal directory, not the host's.
+
+    The entry is in ``journal_dir`` (mounted over /var/log/journal in the namespace)
+    and not in the machine's /var/log/journal, so two runs never write one file.
+    """
+    marker = f"journal-marker-{manager.user}-{secrets.token_hex(4)}"
+    install_script_unit(manager, "marker", f'print("{marker}", flush=True)\nnotify(b"READY=1")\n')
+    cursor = manager.journal_cursor()
+    manager.systemctl("start", "test-marker.service")
+    entry = manager.wait_journal("test-marker.service", message(marker), after_cursor=cursor)
+    assert str(manager.uid) == entry["_UID"]
+    host = pathlib.Path("/var/log/journal")
+
+    def grep(directory: pathlib.Path) -> str:
+        return subprocess.run(
+            ["journalctl", f"--directory={directory}", "--no-pager", "-o", "cat",
+             f"MESSAGE={marker}"],
+            capture_output=True, text=True, check=False, timeout=60,
+        ).stdout  # fmt: skip
+
+    machine = pathlib.Path("/etc/machine-id").read_text().strip()
+    assert f"{marker}\n" == grep(manager.journal_dir / machine)
+    assert "" == (grep(host / machine) if (host / machine).is_dir() else "")
+
+
+def test_each_clone_has_its_own_sandbox_user(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    """The default user is derived from the clone's path; GTD_SYSTEST_USER overrides it."""
+    one, two = clone_id(tmp_path / "one"), clone_id(tmp_path / "two")
+    assert (8, 8) == (len(one), len(two))
+    assert one != two
+    assert one == clone_id(tmp_path / "one")
+    monkeypatch.delenv("GTD_SYSTEST_USER", raising=False)
+    assert f"gtdt{clone_id()}" == default_user() == UserManager().user
+    monkeypatch.setenv("GTD_SYSTEST_USER", "someone")
+    assert "someone" == default_user() == UserManager().user
 
 
 def _cmdline(pid: int) -> str:

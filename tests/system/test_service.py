@@ -13,7 +13,7 @@ import shutil
 import subprocess
 
 from tests.conftest import FAKE_AGENT, proc_environ
-from tests.sandbox import UserManager, retry_until
+from tests.sandbox import UserManager, wait_equal, wait_for
 from tests.system.towns import DAEMON, REPO, TMUX, Town
 
 
@@ -110,7 +110,7 @@ def test_reload_bad_config_keeps_running(town: Town) -> None:
     main = town.main_pid()
     town.write_config("heartbeat_interval = 'soon'\n")
     town.um.systemctl("reload", DAEMON)
-    assert retry_until(lambda: "reload failed" in town.show("StatusText")["StatusText"], 5)
+    wait_for(town.status, lambda status: "reload failed" in status, context=town.messages)
     entry = town.um.wait_journal(
         DAEMON,
         lambda e: "reload refused" in str(e.get("MESSAGE")),
@@ -120,7 +120,7 @@ def test_reload_bad_config_keeps_running(town: Town) -> None:
     assert "3" == entry.get("PRIORITY")
     town.write_config()
     town.um.systemctl("reload", DAEMON)
-    assert retry_until(lambda: "reload" not in town.show("StatusText")["StatusText"], 5)
+    wait_for(town.status, lambda status: "reload" not in status, context=town.messages)
     assert ("active", main) == (town.show("ActiveState")["ActiveState"], town.main_pid())
 
 
@@ -135,16 +135,24 @@ def test_invalid_config_fails_without_restart_loop(town: Town) -> None:
         props["NRestarts"],
         props["ExecMainStatus"],
     )
-    assert any("agent.comand" in m for m in town.messages())
+    town.um.wait_journal(
+        DAEMON, lambda e: "agent.comand" in str(e.get("MESSAGE")), after_cursor=town.cursor
+    )
 
 
 def test_dead_agent_is_brought_back(town: Town) -> None:
-    """A fake agent that exits is running again within 2 s, before any heartbeat."""
+    """A fake agent that exits is running again at once, not at the next heartbeat.
+
+    The heartbeat is 300 s away and its count does not move: the pidfd woke the loop.
+    How fast that is, is measured in bench/ (``dead deacon back``), not asserted here.
+    """
     town.start()
     pid = town.deacon_pid()
     assert pid is not None
+    beats = wait_for(town.heartbeats, lambda n: n >= 1, what="the first heartbeat")
     town.um.run("kill", "-KILL", str(pid))
-    assert retry_until(lambda: town.deacon_pid() not in (None, pid), 2.5), town.messages()
+    town.new_deacon(pid)
+    assert beats == town.heartbeats()
 
 
 def test_hung_loop_is_killed_by_the_watchdog(town: Town) -> None:
@@ -165,10 +173,14 @@ def test_hung_loop_is_killed_by_the_watchdog(town: Town) -> None:
         timeout=15,
     )
     hang.unlink()
-    assert retry_until(lambda: town.show("NRestarts")["NRestarts"] == "1", 15)
-    assert retry_until(lambda: town.show("ActiveState")["ActiveState"] == "active", 15)
+    wait_equal("1", lambda: town.show("NRestarts")["NRestarts"], timeout=30)
+    wait_equal("active", lambda: town.show("ActiveState")["ActiveState"], timeout=30)
     assert town.main_pid() != main
-    assert any("Watchdog timeout" in m or "watchdog" in m.lower() for m in town.messages())
+    town.um.wait_journal(
+        DAEMON,
+        lambda e: "Watchdog timeout" in (m := str(e.get("MESSAGE"))) or "watchdog" in m.lower(),
+        after_cursor=town.cursor,
+    )
     assert pid == town.deacon_pid()
     assert [] == town.agent_signals()
 
@@ -179,7 +191,7 @@ def test_killed_tmux_server_comes_back_through_systemd(town: Town) -> None:
     town.start()
     old = town.deacon_pid()
     town.um.run("tmux", "-L", town.socket, "kill-server")
-    assert retry_until(lambda: town.deacon_pid() not in (None, old), 10), town.messages()
+    town.new_deacon(old)
     assert "active" == town.um.show(TMUX, "ActiveState")["ActiveState"]
 
 
@@ -234,12 +246,13 @@ def test_existing_tmux_server_is_used_not_replaced(town: Town) -> None:
     town.um.run("tmux", "-L", town.socket, "-f", "/dev/null", "new-session", "-d", "-s", "mine")
     server_pid = town.um.run("tmux", "-L", town.socket, "display-message", "-p", "#{pid}").stdout
     town.start()
-    tmux_unit = town.um.show(TMUX, "ActiveState", "Result", "NRestarts")
-    assert ("inactive", "success", "0") == (
-        tmux_unit["ActiveState"],
-        tmux_unit["Result"],
-        tmux_unit["NRestarts"],
-    )
+
+    def tmux_unit() -> tuple[str, str, str]:
+        props = town.um.show(TMUX, "ActiveState", "Result", "NRestarts")
+        return props["ActiveState"], props["Result"], props["NRestarts"]
+
+    # The unit's `gtd tmux-server` may still be on its way out when the daemon is ready.
+    assert ("inactive", "success", "0") == wait_equal(("inactive", "success", "0"), tmux_unit)
     sessions = town.um.run("tmux", "-L", town.socket, "list-sessions", "-F", "#{session_name}")
     assert {"mine", "gt-deacon"} == set(sessions.stdout.split())
     assert (

@@ -12,7 +12,7 @@ import typing as t
 import pytest
 
 from tests.conftest import FAKE_AGENT
-from tests.sandbox import UserManager, retry_until
+from tests.sandbox import UserManager, wait_for
 
 if t.TYPE_CHECKING:
     from collections.abc import Iterator
@@ -108,18 +108,49 @@ class Town:
         except FileNotFoundError:
             return []
 
+    def status(self) -> str:
+        """The service's STATUS= line, as ``systemctl --user show`` gives it."""
+        return self.show("StatusText")["StatusText"]
+
+    def heartbeats(self) -> int:
+        """``heartbeat_count`` in the daemon's state.json; -1 while it cannot be read."""
+        try:
+            state = json.loads((self.root / "daemon" / "state.json").read_text())
+            return int(state["heartbeat_count"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return -1
+
     def start(self) -> None:
         """Start the service and wait until the deacon agent is up with its traps set."""
         self.um.systemctl("start", DAEMON)
-        assert retry_until(lambda: self.agent_ready(), 10), self.messages()
+        wait_for(
+            self.agent_seen, lambda seen: f"{seen[0]} READY" in seen[1], timeout=30,
+            what="the deacon's process to log READY (past its start-up checks)",
+            context=self.messages,
+        )  # fmt: skip
 
-    def agent_ready(self) -> bool:
-        """Whether the current deacon process has logged READY (past its start-up checks)."""
+    def agent_seen(self) -> tuple[int | None, list[str]]:
+        """The live deacon's pid (None when there is none) and what the agent logged."""
         pid = self.deacon_pid()
         try:
-            return pid is not None and f"{pid} READY" in self.log.read_text().splitlines()
+            return pid, self.log.read_text().splitlines()
         except FileNotFoundError:
-            return False
+            return pid, []
+
+    def new_deacon(self, old: int | None, timeout: float = 30.0) -> int:
+        """Wait until a live deacon other than *old* runs; return its pid.
+
+        Raises
+        ------
+        tests.sandbox.WaitTimeout
+            None within *timeout* seconds; the message has the daemon's journal.
+        """
+        pid = wait_for(
+            self.deacon_pid, lambda pid: pid not in (None, old), timeout=timeout,
+            what=f"a live deacon other than pid {old}", context=self.messages,
+        )  # fmt: skip
+        assert pid is not None
+        return pid
 
 
 @pytest.fixture
