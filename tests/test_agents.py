@@ -111,10 +111,16 @@ def test_alive_follows_the_foreground_command(
     pane = agents.start_agent(tmux, DEACON, config, create_workdir=True)
     assert retry_until(lambda: agents.view(tmux.list_panes(), DEACON, config).alive, 5)
     os.kill(pane.pane_pid, signal.SIGKILL)
-    assert retry_until(lambda: not agents.view(tmux.list_panes(), DEACON, config).alive, 5)
+
+    def dead_pane() -> bool:
+        pane = agents.view(tmux.list_panes(), DEACON, config).pane
+        return pane is not None and pane.dead
+
+    assert retry_until(dead_pane, 5)
     view = agents.view(tmux.list_panes(), DEACON, config)
     assert view.pane is not None
     assert view.pane.dead
+    assert not view.alive
 
 
 def test_not_alive_when_another_command_runs(

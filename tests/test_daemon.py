@@ -16,8 +16,8 @@ import typing as t
 
 import pytest
 
-from tests.conftest import FakeAgent, TmuxServer, proc_environ
-from tests.sandbox import retry_until
+from tests.conftest import FakeAgent, TmuxServer, exec_view, proc_environ
+from tests.sandbox import retry_until, wait_equal
 
 pytestmark = pytest.mark.integration
 
@@ -135,6 +135,7 @@ def test_ready_after_deacon_started_and_poked(gtd: Gtd) -> None:
     assert retry_until(lambda: gtd.notify.has("READY=1"), 10), gtd.log()
     pid = gtd.deacon_pid()
     assert pid is not None
+    wait_equal(("node", ("deacon", "deacon")), lambda: exec_view(pid, "GT_ROLE", "BD_ACTOR"))
     env = proc_environ(pid)
     assert (env.get("GT_ROLE"), env.get("BD_ACTOR")) == ("deacon", "deacon")
     assert pathlib.Path(f"/proc/{pid}/cwd").resolve() == (gtd.town / "deacon").resolve()
@@ -145,17 +146,21 @@ def test_ready_after_deacon_started_and_poked(gtd: Gtd) -> None:
     assert any(s.startswith("deacon ") for s in gtd.notify.statuses())
 
 
-def test_dead_deacon_is_back_within_two_seconds(gtd: Gtd) -> None:
-    """Killing the agent wakes the loop through the pidfd; a new agent runs within 2 s."""
+def test_dead_deacon_is_back_by_an_event_not_the_heartbeat(gtd: Gtd) -> None:
+    """Killing the agent wakes the loop through the pidfd; a new agent runs before any heartbeat.
+
+    The heartbeat is 300 s away, so a restart while its count stays 1 came from the
+    event. How fast (the target is 2 s) is measured in bench/, not asserted here.
+    """
     gtd.start()
     assert retry_until(lambda: gtd.notify.has("READY=1"), 10), gtd.log()
+    wait_equal(1, lambda: gtd.state()["heartbeat_count"], what="the first heartbeat")
     first = gtd.deacon_pid()
     assert first is not None
     # The guard counts an exit within startsecs as a quick failure; restart is immediate still.
     os.kill(first, signal.SIGKILL)
-    killed = time.monotonic()
-    assert retry_until(lambda: gtd.deacon_pid() not in (None, first), 5), gtd.log()
-    assert time.monotonic() - killed < 2.0
+    assert retry_until(lambda: gtd.deacon_pid() not in (None, first), 10), gtd.log()
+    assert 1 == gtd.state()["heartbeat_count"]
 
 
 def test_sigterm_stops_and_leaves_the_agent(gtd: Gtd) -> None:
@@ -214,7 +219,8 @@ def test_usr1_wakes_the_loop_at_once(gtd: Gtd) -> None:
     assert retry_until(lambda: gtd.notify.has("READY=1"), 10), gtd.log()
     for _ in range(20):
         gtd.signal(signal.SIGUSR1)
-    assert retry_until(lambda: "SIGUSR1: processing lifecycle requests" in gtd.log(), 2)
+    assert retry_until(lambda: "SIGUSR1: processing lifecycle requests" in gtd.log(), 10)
+    assert 1 == gtd.state()["heartbeat_count"]  # handled at once, not at the next heartbeat
     assert gtd.proc is not None
     assert gtd.proc.poll() is None
 
@@ -314,9 +320,7 @@ def test_every_supervised_agent_is_kept_alive_and_only_poked_ones_are_poked(gtd:
     assert retry_until(lambda: {"gt-deacon", "gt-mayor"} <= agent_pids(gtd).keys(), 10), gtd.log()
     mayor, deacon = agent_pids(gtd)["gt-mayor"], agent_pids(gtd)["gt-deacon"]
     os.kill(mayor, signal.SIGKILL)
-    killed = time.monotonic()
-    assert retry_until(lambda: agent_pids(gtd).get("gt-mayor") not in (None, mayor), 5), gtd.log()
-    assert time.monotonic() - killed < 2.0
+    assert retry_until(lambda: agent_pids(gtd).get("gt-mayor") not in (None, mayor), 10), gtd.log()
     assert deacon == agent_pids(gtd)["gt-deacon"]
     assert retry_until(lambda: len(gtd.agent.received()) >= 2, 15), gtd.log()
     pokes = {ln.split(" ")[0] for ln in gtd.agent.lines() if ln.split(" ")[1] == "LINE"}
