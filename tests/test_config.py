@@ -248,7 +248,7 @@ def test_exact_unknown_key_message() -> None:
         load("[agent]\ncommnd = 'claude'\n")
     assert str(info.value) == (
         "/etc/gastown/daemon.toml: agent.commnd: unknown key (did you mean 'command'? "
-        "known keys in [agent]: command, alive_commands)"
+        "known keys in [agent]: command, alive_commands, ui)"
     )
 
 
@@ -459,7 +459,7 @@ def test_default_config_text_comments_every_key() -> None:
     """Each key in the init file is explained by a comment just above it."""
     lines = default_config_text().splitlines()
     keys = [i for i, line in enumerate(lines) if " = " in line and not line.startswith("# ")]
-    assert len(keys) == 8  # every key of the schema, [supervise] included
+    assert len(keys) == 9  # every key of the schema, [supervise] and agent.ui included
     for i in keys:
         assert lines[i - 1].startswith("#") or lines[i - 1].startswith("]")
 
@@ -520,6 +520,7 @@ def test_to_dict_shape() -> None:
         "agent": {
             "command": "claude --dangerously-skip-permissions",
             "alive_commands": ["node", "claude"],
+            "ui": "claude-code",
         },
         "tmux": {"socket": ""},
         "motd": {"messages": []},

@@ -96,7 +96,10 @@ def test_logs_follow_prints_new_entries(town: Town, tmp_path: pathlib.Path) -> N
     out = tmp_path / "follow.out"
     um = town.um
     env = [f"HOME={um.home}", f"USER={um.user}", f"XDG_RUNTIME_DIR={um.runtime_dir}"]
-    argv = ["runuser", "-u", um.user, "--", "/usr/bin/env", "-i", *env, str(town.gtd)]
+    # As UserManager.run does: in the manager's mount namespace, where its journal is.
+    ns = um.ns_pid
+    enter = [] if ns is None else ["nsenter", f"--target={ns}", "--mount", f"--wd={um.home}"]
+    argv = [*enter, "runuser", "-u", um.user, "--", "/usr/bin/env", "-i", *env, str(town.gtd)]
     with out.open("wb") as sink:
         proc = subprocess.Popen(
             [*argv, "logs", "-f", "-n", "1"],
