@@ -13,7 +13,15 @@ import sys
 import typing as t
 
 from gtd import __version__, actions, agents, config, environment, journal, lifecycle, systemd
-from gtd.exc import EX_CONFIG, ConfigError, GtdError, IdentityError, RequestError, WorkdirMissing
+from gtd.exc import (
+    EX_CONFIG,
+    BadTime,
+    ConfigError,
+    GtdError,
+    IdentityError,
+    RequestError,
+    WorkdirMissing,
+)
 from gtd.identities import DEACON, identity_from_session, parse_identity
 from gtd.logs import setup_logging
 from gtd.request import parse_action
@@ -427,7 +435,7 @@ def command_logs(args: Namespace) -> int:
             if args.since is not None
             else None
         )
-    except journal.TimeError as err:
+    except BadTime as err:
         print(f"gtd: {err}", file=sys.stderr)
         return EX_USAGE
     try:

@@ -102,3 +102,7 @@ class CommandNotFound(GtdError):
 
 class TrustError(GtdError):
     """Claude Code's config file cannot be read or changed; the message names the file."""
+
+
+class BadTime(GtdError):
+    """A ``--since`` value that is not a time gtd understands."""

@@ -14,7 +14,7 @@ import os
 import re
 import typing as t
 
-from gtd.exc import GtdError
+from gtd.exc import BadTime, GtdError
 
 if t.TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -45,10 +45,6 @@ _RELATIVE = re.compile(r"(?:-\s*)?((?:[0-9]+\s*[a-z]+\s*)+?)(?:\s*ago)?")
 _PART = re.compile(r"([0-9]+)\s*([a-z]+)")
 
 
-class TimeError(GtdError):
-    """A ``--since`` value that is not a time gtd understands."""
-
-
 def parse_since(text: str, now: datetime.datetime) -> datetime.datetime:
     """The moment *text* names, in local time, relative to *now* (timezone-aware).
 
@@ -64,7 +60,7 @@ def parse_since(text: str, now: datetime.datetime) -> datetime.datetime:
 
     Raises
     ------
-    TimeError
+    BadTime
         *text* is none of these; the message lists what is accepted.
     """
     word = text.strip().lower()
@@ -100,7 +96,7 @@ def parse_since(text: str, now: datetime.datetime) -> datetime.datetime:
         f"--since {text!r}: not a time; use YYYY-MM-DD [HH:MM[:SS]], HH:MM[:SS], "
         "today, yesterday, now, or a time ago such as 5m, 2h, '1 day ago'"
     )
-    raise TimeError(msg)
+    raise BadTime(msg)
 
 
 def _journal() -> t.Any:

@@ -8,6 +8,7 @@ import typing as t
 import pytest
 
 from gtd import journal
+from gtd.exc import BadTime
 
 NOW = datetime.datetime(
     2025, 3, 4, 12, 0, 30, tzinfo=datetime.timezone(datetime.timedelta(hours=2))
@@ -47,8 +48,8 @@ def test_parse_since(test_id: str, text: str, expected: datetime.datetime) -> No
 
 @pytest.mark.parametrize("text", ["soon", "5 fortnights", "25:00", "2025-13-01", "", "-", "5"])
 def test_parse_since_rejects(text: str) -> None:
-    """Anything else is a TimeError that quotes the value and lists what is accepted."""
-    with pytest.raises(journal.TimeError, match="YYYY-MM-DD") as info:
+    """Anything else is a BadTime that quotes the value and lists what is accepted."""
+    with pytest.raises(BadTime, match="YYYY-MM-DD") as info:
         journal.parse_since(text, NOW)
     assert repr(text) in str(info.value)
 
