@@ -8,17 +8,79 @@ stand-in API received and on what gtd reported (its log, STATUS=, ``state.json``
 
 from __future__ import annotations
 
+import os
+import pathlib
+import shlex
+import signal
 import time
+import typing as t
+
+import pytest
 
 from gtd.screen import Condition
 from tests import fakeapi
 from tests.fakeapi import FakeAPI
 from tests.realagent.conftest import StartGtd
+from tests.realagent.gtdrun import GtdRun
+from tests.realagent.harness import BINARY
+from tests.realagent.test_layouts import LAYOUTS, Layout
+from tests.sandbox import pid_alive
 
 
 def heartbeat_turns(api: FakeAPI) -> list[str]:
     """Every request's text that carries a heartbeat, in any message or block."""
     return [str(r.body) for r in api.requests() if "HEARTBEAT" in str(r.body)]
+
+
+def test_every_delivered_poke_reaches_the_model_once_and_only_those(
+    api: FakeAPI, start_gtd: StartGtd
+) -> None:
+    """Over several heartbeats the turns the model got are exactly the pokes gtd logged.
+
+    The first heartbeat comes while Claude Code is still starting: gtd refuses that
+    poke ("starting"), so nothing sits typed in a box that is not there yet.
+    """
+    town = start_gtd(heartbeat="2s")
+    town.wait_deacon()
+    town.wait(lambda: len(town.delivered()) >= 3, "three delivered pokes")
+    town.stop_daemon()
+    delivered = town.delivered()
+    api.wait_for(lambda a: len(a.user_turns()) >= len(delivered), 60, "the delivered pokes")
+    town.wait_idle()
+    assert delivered == api.user_turns(), town.log()
+    assert len(delivered) == len(heartbeat_turns(api))
+    pokes = town.pokes()
+    assert "starting" == pokes[0], town.log()
+    assert set(pokes[: pokes.index("delivered")]) == {"starting"}
+    assert 0 == town.deacon()["restarts"]
+
+
+def test_busy_agent_is_not_poked_until_its_turn_ends(api: FakeAPI, start_gtd: StartGtd) -> None:
+    """While the model's reply is held, heartbeats log "busy" and type nothing; then one lands.
+
+    Nothing reaches Claude Code's queue: after the release the model gets the next
+    heartbeat alone, as its own turn.
+    """
+    gate = api.hold()
+    town = start_gtd(heartbeat="1s")
+    town.wait_deacon()
+    assert gate.reached.wait(60), town.log()
+    first = api.user_turns()
+    town.wait(lambda: town.pokes().count("busy") >= 3, "three heartbeats finding it busy")
+    screen = town.agent.screen()
+    assert "Queued" not in screen.text(), town.screen_text()
+    assert "" == town.agent.ui.read(screen).input, town.screen_text()
+    assert first == api.user_turns()
+    gate.release()
+    api.wait_for(lambda a: len(a.user_turns()) >= 2, 60, "the poke after the busy turn")
+    town.stop_daemon()
+    delivered = town.delivered()
+    api.wait_for(lambda a: len(a.user_turns()) >= len(delivered), 60, "the delivered pokes")
+    town.wait_idle()
+    assert delivered == api.user_turns(), town.log()
+    assert len(delivered) == len(heartbeat_turns(api))
+    busy = [line for line in town.lines() if "not poked" in line and "busy" in line]
+    assert all("working" in line for line in busy), busy
 
 
 def test_folder_trust_dialog_waits_for_gtd_trust(api: FakeAPI, start_gtd: StartGtd) -> None:
@@ -57,6 +119,72 @@ def test_folder_trust_dialog_waits_for_gtd_trust(api: FakeAPI, start_gtd: StartG
     assert delivered == api.user_turns(), town.log()
     assert (0, True) == (town.deacon()["restarts"], pid != town.deacon()["pid"])
     assert "dialog" not in (town.deacon()["condition"], town.deacon_status()["condition"])
+
+
+@pytest.mark.parametrize(Layout._fields, LAYOUTS, ids=[c.test_id for c in LAYOUTS])
+def test_healthy_agent_is_never_restarted_whatever_its_layout(
+    test_id: str,
+    command: t.Callable[[pathlib.Path], tuple[str, ...]],
+    shown: str,
+    start_gtd: StartGtd,
+) -> None:
+    """Started as ``claude``, ``claude.exe``, ``versions/<ver>``, through node or a wrapper.
+
+    Over the heartbeats past the guard's healthy mark the daemon keeps the same agent:
+    restarts 0, the same pid, STATUS= "running", ``gtd status`` alive; and it pokes it.
+    """
+    town = start_gtd(heartbeat="1s", launch=False)
+    town.command = shlex.join([*command(town.base), "--dangerously-skip-permissions"])
+    town.start()
+    town.wait_deacon()
+    pid = town.wait_running()
+    town.wait_heartbeats(3)
+    assert (pid, 0, "running") == (
+        town.deacon()["pid"],
+        town.deacon()["restarts"],
+        town.deacon()["phase"],
+    ), town.log()
+    assert f"deacon running (pid {pid})" in town.statuses()[-1]
+    assert shown == town.agent.tmux.pane(town.agent.pane).current_command
+    row = town.deacon_status()
+    assert (True, pid, 0) == (row["alive"], row["pid"], row["restarts"])
+    assert not [line for line in town.lines() if "not alive" in line], town.log()
+    assert town.delivered(), town.log()
+
+
+def test_agent_back_at_a_shell_is_restarted_at_once(api: FakeAPI, start_gtd: StartGtd) -> None:
+    """Claude Code ended (the user's /exit, or killed) under a shell that stays: a new one runs.
+
+    The pane lives on with ``sh`` in it; the daemon, woken by the agent's exit and not by a
+    heartbeat (an hour away), starts Claude Code again within 2 s each time.
+    """
+    command = shlex.join(["sh", "-c", f"{BINARY} --dangerously-skip-permissions; exec sh"])
+    town = start_gtd(heartbeat="1h", command=command)
+    town.wait_deacon()
+    for restarts, end in enumerate((_exit_command, _kill), 1):
+        pid = town.wait_running()
+        end(town, pid)
+        town.wait(lambda: not pid_alive(pid), f"Claude Code {pid} to end", 30)  # noqa: B023
+        ended = time.monotonic()
+        town.wait(lambda: town.deacon().get("pid") not in (None, pid), "a new agent", 10)  # noqa: B023
+        assert time.monotonic() - ended < 2.0, town.log()
+        assert restarts == town.deacon()["restarts"]
+        town.wait_idle()  # a new Claude Code, at its prompt
+        assert town.claude_pid() not in (None, pid)
+    said = [line for line in town.lines() if "not alive (back at a shell)" in line]
+    assert 2 == len(said), town.log()
+    assert 1 == town.state()["heartbeat_count"]
+
+
+def _exit_command(town: GtdRun, pid: int) -> None:
+    town.wait_idle()
+    town.agent.type("/exit")
+    town.agent.wait_input("/exit")
+    town.agent.keys("Enter")
+
+
+def _kill(town: GtdRun, pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
 
 
 def test_usage_limit_is_neither_restarted_nor_poked(api: FakeAPI, start_gtd: StartGtd) -> None:
