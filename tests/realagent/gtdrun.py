@@ -269,7 +269,7 @@ class GtdRun:
         """
         self.wait(lambda: self.claude_pid() is not None, "Claude Code in the deacon's pane")
         pid = self.claude_pid()
-        self.wait(lambda: f"deacon running (pid {pid})" in self.statuses()[-1:][0],
+        self.wait(lambda: any(f"deacon running (pid {pid})" in s for s in self.statuses()[-1:]),
                   f"STATUS= deacon running (pid {pid})", timeout)  # fmt: skip
         assert pid is not None
         return pid

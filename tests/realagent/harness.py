@@ -6,8 +6,10 @@ HOME and workdir under the test user's home, its own tmux server (root's, on a
 private socket, so :class:`gtd.tmux.Tmux` reaches it as the daemon would), and runs
 ``setpriv --reuid USER ... env -i ... claude --dangerously-skip-permissions`` as the
 pane's command: ``setpriv`` and ``env`` exec, so the pane's process is Claude Code.
+With ``user_server=True`` the tmux server is the test user's instead (reached through
+:class:`UserTmux`), for ``gtd run`` to drive as that user (:mod:`tests.realagent.gtdrun`).
 :meth:`RealAgent.stop` ends the tmux server and every process that descends from
-the pane, by pid, and waits for them.
+its panes, by pid, and waits for them.
 """
 
 from __future__ import annotations
