@@ -58,10 +58,10 @@ VERSION = _pinned_version()
 INSTALL_ROOT = pathlib.Path(os.environ.get("GTD_CLAUDE_CODE_ROOT", "/opt/gtd-test/claude-code"))
 PREFIX = INSTALL_ROOT / VERSION
 PACKAGE = PREFIX / "node_modules" / "@anthropic-ai"
-BINARY = PREFIX / "node_modules" / ".bin" / "claude"
-"""The npm layout's ``claude`` (a symlink to ``bin/claude.exe``, the native binary)."""
 NATIVE = PACKAGE / "claude-code-linux-x64" / "claude"
 """The native binary as its platform package installs it (``bin/claude.exe`` is its copy)."""
+BINARY = PREFIX / "node_modules" / ".bin" / "claude"
+"""The npm layout's ``claude`` (a symlink to ``bin/claude.exe``, the native binary)."""
 USER = os.environ.get("GTD_SYSTEST_USER", "gtdtest")
 API_KEY = "sk-ant-api03-" + "gtdtest" * 12 + "-AAAAAAAAAAAAAAAAAAAA"
 OAUTH_TOKEN = "sk-ant-oat01-" + "gtdtest" * 12 + "-AA"

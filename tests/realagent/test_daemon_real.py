@@ -155,8 +155,9 @@ def test_healthy_agent_is_never_restarted_whatever_its_layout(
 def test_agent_back_at_a_shell_is_restarted_at_once(api: FakeAPI, start_gtd: StartGtd) -> None:
     """Claude Code ended (the user's /exit, or killed) under a shell that stays: a new one runs.
 
-    The pane lives on with ``sh`` in it; the daemon, woken by the agent's exit and not by a
-    heartbeat (an hour away), starts Claude Code again within 2 s each time.
+    The pane lives on with ``sh`` in it; the daemon, woken by the agent's exit and not
+    by a heartbeat (an hour away: the count stays 1), starts Claude Code again each
+    time. How fast (the target is 2 s) is bench/'s to measure, not a test's.
     """
     command = shlex.join(["sh", "-c", f"{BINARY} --dangerously-skip-permissions; exec sh"])
     town = start_gtd(heartbeat="1h", command=command)
@@ -165,10 +166,8 @@ def test_agent_back_at_a_shell_is_restarted_at_once(api: FakeAPI, start_gtd: Sta
         pid = town.wait_running()
         end(town, pid)
         town.wait(lambda: not pid_alive(pid), f"Claude Code {pid} to end", 30)  # noqa: B023
-        ended = time.monotonic()
         town.wait(lambda: town.deacon().get("pid") not in (None, pid), "a new agent", 10)  # noqa: B023
-        assert time.monotonic() - ended < 2.0, town.log()
-        assert restarts == town.deacon()["restarts"]
+        assert (restarts, 1) == (town.deacon()["restarts"], town.heartbeats())
         town.wait_idle()  # a new Claude Code, at its prompt
         assert town.claude_pid() not in (None, pid)
     said = [line for line in town.lines() if "not alive (back at a shell)" in line]
