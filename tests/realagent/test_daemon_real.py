@@ -148,7 +148,12 @@ def test_healthy_agent_is_never_restarted_whatever_its_layout(
     assert shown == town.agent.tmux.pane(town.agent.pane).current_command
     row = town.deacon_status()
     assert (True, pid, 0) == (row["alive"], row["pid"], row["restarts"])
-    assert not [line for line in town.lines() if "not alive" in line], town.log()
+    # Never judged dead. A forking wrapper is only a shell for the instant before it
+    # forks Claude Code, so the poke of the heartbeat that started it may find no agent
+    # yet ("not alive; no poke this heartbeat"); every other layout is alive from its
+    # first instant (even inside execve).
+    dead = "; starting it" if test_id == "fork-wrapper" else "not alive"
+    assert not [line for line in town.lines() if dead in line], town.log()
     assert town.delivered(), town.log()
 
 
