@@ -72,17 +72,19 @@ class Procfs:
     """Reads the process facts liveness needs from ``/proc`` (injected in tests)."""
 
     def names(self, pid: int) -> tuple[str, str] | None:
-        """``(comm, basename of argv[0])`` of a live process, or None."""
+        """``(comm, basename of argv[0])`` of a live process, or None (gone, or a zombie)."""
         try:
             with open(f"/proc/{pid}/comm", "rb") as f:
                 comm = f.read().decode(errors="replace").strip()
             with open(f"/proc/{pid}/cmdline", "rb") as f:
-                argv0 = f.read(4096).split(b"\0", 1)[0].decode(errors="replace")
-        except OSError:
+                cmdline = f.read(4096)
+            state = ""
+            if not cmdline:
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    state = f.read().decode(errors="replace").rpartition(")")[2].split()[0]
+        except (OSError, IndexError):
             return None
-        if not argv0:
-            return None  # a zombie: exited, not yet reaped
-        return comm, os.path.basename(argv0.removeprefix("-"))
+        return process_names(comm, cmdline, state)
 
     def children(self, pid: int) -> list[int]:
         """The process's children (every thread's), in pid order."""
@@ -98,6 +100,27 @@ class Procfs:
             except (OSError, ValueError):
                 continue
         return sorted(kids)
+
+
+def process_names(comm: str, cmdline: bytes, state: str) -> tuple[str, str] | None:
+    r"""``(comm, basename of argv[0])`` from ``/proc/PID``'s files; None for a zombie.
+
+    The command line reads empty for a zombie (exited, not reaped) and also, for an
+    instant, for a live process inside ``execve`` (its new image has no arguments
+    yet): the start of every agent, and a wrapper exec'ing one. Then *state* (from
+    ``stat``) tells them apart, and ``comm`` stands for both names.
+
+    >>> process_names("claude", b"/home/u/.local/bin/claude\0--x\0", "S")
+    ('claude', 'claude')
+    >>> process_names("env", b"", "R"), process_names("node", b"", "Z")
+    (('env', 'env'), None)
+    >>> process_names("bash", b"-bash\0", "S")
+    ('bash', 'bash')
+    """
+    if not cmdline:
+        return None if state in ("Z", "X", "") else (comm, comm)
+    argv0 = cmdline.split(b"\0", 1)[0].decode(errors="replace")
+    return comm, os.path.basename(argv0.removeprefix("-"))
 
 
 PROCFS = Procfs()

@@ -436,7 +436,13 @@ class Daemon:
             self.state.motd_index = index
             logger.info("poked %s: %s (%s)", identity.dash, text, outcome.describe(), extra=fields)
         elif outcome.reason in poke.WAITING:
-            logger.info("%s not poked: %s", identity.dash, outcome.describe(), extra=fields)
+            # A dialog or limit the poke merely found was said once, when it began
+            # (Supervisor.noted); each heartbeat that finds it still there is no news.
+            said = outcome.reason in (poke.DIALOG, poke.LIMITED)
+            level = (
+                logging.DEBUG if said and outcome.detail == outcome.reading.detail else logging.INFO
+            )
+            logger.log(level, "%s not poked: %s", identity.dash, outcome.describe(), extra=fields)
         else:
             fields |= {"MESSAGE_ID": Event.POKE_NOT_DELIVERED.value}
             logger.warning("poke of %s: %s", identity.dash, outcome.describe(), extra=fields)

@@ -8,7 +8,6 @@ them fail instead: the tier is never passed by not running.
 
 from __future__ import annotations
 
-import os
 import pathlib
 import secrets
 import shutil
@@ -17,15 +16,8 @@ import typing as t
 import pytest
 
 from tests.fakeapi import FakeAPI
-from tests.realagent.harness import (
-    REQUIRE_ENV,
-    USER,
-    VERSION,
-    Options,
-    RealAgent,
-    ensure_user,
-    unavailable,
-)
+from tests.realagent.gtdrun import DEFAULT_COMMAND, GtdRun
+from tests.realagent.harness import USER, Options, RealAgent, ensure_user, require_real_agent
 
 HERE = pathlib.Path(__file__).resolve().parent
 
@@ -40,13 +32,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True)
 def _real_agent_available() -> None:
     """Skip, loudly, where Claude Code cannot run; fail instead when it is required."""
-    reasons = unavailable()
-    if not reasons:
-        return
-    text = f"real Claude Code {VERSION} cannot run here: " + "; ".join(reasons)
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{text} ({REQUIRE_ENV}=1 requires it)")
-    pytest.skip(text)
+    require_real_agent()
 
 
 @pytest.fixture
@@ -85,3 +71,44 @@ def start_agent(api: FakeAPI, request: pytest.FixtureRequest) -> t.Iterator[Star
     for agent in agents:
         agent.stop()
         shutil.rmtree(agent.base, ignore_errors=True)
+
+
+StartGtd = t.Callable[..., GtdRun]
+
+
+@pytest.fixture
+def start_gtd(api: FakeAPI, request: pytest.FixtureRequest) -> t.Iterator[StartGtd]:
+    """``gtd run`` as the test user over the real Claude Code (:class:`GtdRun`).
+
+    ``start_gtd(heartbeat="1s", command=..., trusted=False, ...)`` takes the
+    :class:`GtdRun` keywords and :class:`Options` fields, and starts it (with
+    ``launch=False`` it only makes its directory, for the test to put files in and
+    call :meth:`GtdRun.start`). Afterwards the
+    daemon, its tmux server and every agent process are stopped and the directory
+    removed.
+    """
+    home = pathlib.Path(ensure_user(USER).pw_dir) / "gtd-realagent"
+    home.mkdir(exist_ok=True)
+    home.chmod(0o755)
+    towns: list[GtdRun] = []
+
+    def start(
+        *,
+        command: str = DEFAULT_COMMAND,
+        heartbeat: str = "2s",
+        launch: bool = True,
+        **options: t.Any,
+    ) -> GtdRun:
+        name = f"{request.node.name[:40]}-{secrets.token_hex(3)}".replace("/", "_")
+        town = GtdRun(api, home / name, Options(**options), command=command, heartbeat=heartbeat)
+        towns.append(town)
+        if launch:
+            town.start()
+        else:
+            town.base.mkdir()
+        return town
+
+    yield start
+    for town in towns:
+        town.stop()
+        shutil.rmtree(town.base, ignore_errors=True)

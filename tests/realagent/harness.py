@@ -6,12 +6,15 @@ HOME and workdir under the test user's home, its own tmux server (root's, on a
 private socket, so :class:`gtd.tmux.Tmux` reaches it as the daemon would), and runs
 ``setpriv --reuid USER ... env -i ... claude --dangerously-skip-permissions`` as the
 pane's command: ``setpriv`` and ``env`` exec, so the pane's process is Claude Code.
+With ``user_server=True`` the tmux server is the test user's instead (reached through
+:class:`UserTmux`), for ``gtd run`` to drive as that user (:mod:`tests.realagent.gtdrun`).
 :meth:`RealAgent.stop` ends the tmux server and every process that descends from
-the pane, by pid, and waits for them.
+its panes, by pid, and waits for them.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import json
@@ -56,6 +59,8 @@ VERSION = _pinned_version()
 INSTALL_ROOT = pathlib.Path(os.environ.get("GTD_CLAUDE_CODE_ROOT", "/opt/gtd-test/claude-code"))
 PREFIX = INSTALL_ROOT / VERSION
 PACKAGE = PREFIX / "node_modules" / "@anthropic-ai"
+NATIVE = PACKAGE / "claude-code-linux-x64" / "claude"
+"""The native binary as its platform package installs it (``bin/claude.exe`` is its copy)."""
 BINARY = PREFIX / "node_modules" / ".bin" / "claude"
 """The npm layout's ``claude`` (a symlink to ``bin/claude.exe``, the native binary)."""
 USER = default_user()
@@ -78,6 +83,25 @@ def unavailable() -> list[str]:
             f"Claude Code {VERSION} is not installed at {BINARY} (run scripts/claude-code)"
         )
     return reasons
+
+
+def require_real_agent() -> None:
+    """Skip, loudly, where Claude Code cannot run; fail instead when it is required.
+
+    Raises
+    ------
+    pytest.skip.Exception, pytest.fail.Exception
+        Through :func:`pytest.skip` or, with ``GTD_REQUIRE_REAL_AGENT=1``, :func:`pytest.fail`.
+    """
+    import pytest
+
+    reasons = unavailable()
+    if not reasons:
+        return
+    text = f"real Claude Code {VERSION} cannot run here: " + "; ".join(reasons)
+    if os.environ.get(REQUIRE_ENV) == "1":
+        pytest.fail(f"{text} ({REQUIRE_ENV}=1 requires it)")
+    pytest.skip(text)
 
 
 def ensure_user(user: str = USER) -> pwd.struct_passwd:
@@ -115,6 +139,77 @@ class Options:
     args: tuple[str, ...] = ("--dangerously-skip-permissions",)
 
 
+def first_run_config(
+    options: Options, trusted: t.Iterable[pathlib.Path | str] = ()
+) -> tuple[dict[str, t.Any], dict[str, t.Any]]:
+    """``~/.claude.json`` and ``~/.claude/settings.json`` that answer the first-run screens.
+
+    *trusted* workdirs get the folder-trust answer (when ``options.trusted``).
+    """
+    config: dict[str, t.Any] = {
+        "numStartups": 1,
+        "autoUpdates": False,
+        "customApiKeyResponses": {"approved": [API_KEY[-20:]], "rejected": []},
+        "projects": {},
+    }
+    if options.onboarded:
+        config |= {
+            "hasCompletedOnboarding": True,
+            "lastOnboardingVersion": VERSION,
+            "theme": "dark",
+        }
+    if options.bypass_accepted:
+        config["bypassPermissionsModeAccepted"] = True
+    if options.trusted:
+        for workdir in trusted:
+            config["projects"][str(workdir)] = {
+                "hasTrustDialogAccepted": True,
+                "hasCompletedProjectOnboarding": True,
+            }
+    settings = {"skipDangerousModePermissionPrompt": True} if options.bypass_accepted else {}
+    return config, settings
+
+
+def api_env(api_url: str, login: str = "key") -> dict[str, str]:
+    """What the agent environment file holds for Claude Code: the stand-in, a login, offline.
+
+    *login* is ``"key"``, ``"oauth"`` (a subscription token) or ``"none"``.
+    """
+    env = {
+        "ANTHROPIC_BASE_URL": api_url,
+        "DISABLE_AUTOUPDATER": "1",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_TELEMETRY": "1",
+        "DISABLE_ERROR_REPORTING": "1",
+    }
+    if login == "key":
+        env["ANTHROPIC_API_KEY"] = API_KEY
+    elif login == "oauth":
+        env["CLAUDE_CODE_OAUTH_TOKEN"] = OAUTH_TOKEN
+        env["CLAUDE_CODE_SUBSCRIPTION_TYPE"] = "max"
+    return env
+
+
+class UserTmux(Tmux):
+    """A tmux server that runs as *pw*'s user, reached as that user.
+
+    tmux keeps a server's socket under ``/tmp/tmux-<uid>/``, so root's client cannot
+    find the user's server by its ``-L`` name; every call goes through ``setpriv``.
+    """
+
+    def __init__(self, socket: str, pw: pwd.struct_passwd, *, timeout: float = 10.0) -> None:
+        super().__init__(socket, timeout=timeout)
+        self.pw = pw
+
+    def base_argv(self) -> list[str]:
+        """``setpriv --reuid ... tmux -u -N -L socket``."""
+        setpriv = shutil.which("setpriv") or "setpriv"
+        return [
+            setpriv, f"--reuid={self.pw.pw_uid}", f"--regid={self.pw.pw_gid}", "--init-groups",
+            "--", *super().base_argv(),
+        ]  # fmt: skip
+
+
 class WaitFailed(AssertionError):
     """A wait on the agent's screen ran out; the message shows what was seen last."""
 
@@ -123,15 +218,26 @@ class RealAgent:
     """One Claude Code in its own tmux server, talking to *api*."""
 
     def __init__(
-        self, api: FakeAPI, base: pathlib.Path, options: Options | None = None, *, user: str = USER
+        self,
+        api: FakeAPI,
+        base: pathlib.Path,
+        options: Options | None = None,
+        *,
+        user: str = USER,
+        workdir: pathlib.Path | None = None,
+        user_server: bool = False,
     ) -> None:
         self.api = api
         self.options = options or Options()
         self.pw = ensure_user(user)
         self.base = base
         self.home = base / "home"
-        self.workdir = base / "work"
-        self.tmux = Tmux(f"gtd_real_{secrets.token_hex(4)}", timeout=10.0)
+        self.workdir = workdir or base / "work"
+        self._make_workdir = workdir is None
+        """Only the default workdir is made here (gtd makes the deacon's itself)."""
+        socket = f"gtd_real_{secrets.token_hex(4)}"
+        self.tmux = UserTmux(socket, self.pw) if user_server else Tmux(socket, timeout=10.0)
+        """The agent's tmux server: root's, or with *user_server* the test user's."""
         self.ui = ClaudeCode()
         self.pane = ""
         self.pid = 0
@@ -142,87 +248,51 @@ class RealAgent:
 
     def prepare(self) -> None:
         """Write the user's first-run answers (as the doc of claude-code-offline lists)."""
-        for d in (self.base, self.home, self.home / ".claude", self.workdir):
+        for d in (self.base, self.home, self.home / ".claude"):
             d.mkdir(parents=True, exist_ok=True)
-        config: dict[str, t.Any] = {
-            "numStartups": 1,
-            "autoUpdates": False,
-            "customApiKeyResponses": {"approved": [API_KEY[-20:]], "rejected": []},
-            "projects": {},
-        }
-        if self.options.onboarded:
-            config |= {
-                "hasCompletedOnboarding": True,
-                "lastOnboardingVersion": VERSION,
-                "theme": "dark",
-            }
-        if self.options.bypass_accepted:
-            config["bypassPermissionsModeAccepted"] = True
-        if self.options.trusted:
-            config["projects"][str(self.workdir)] = {
-                "hasTrustDialogAccepted": True,
-                "hasCompletedProjectOnboarding": True,
-            }
-        settings = (
-            {"skipDangerousModePermissionPrompt": True} if self.options.bypass_accepted else {}
-        )
+        if self._make_workdir:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+        config, settings = first_run_config(self.options, [self.workdir])
         (self.home / ".claude.json").write_text(json.dumps(config, indent=2))
         (self.home / ".claude" / "settings.json").write_text(json.dumps(settings))
+        self.chown()
+
+    def chown(self) -> None:
+        """Give everything under :attr:`base` to the test user."""
         for path in (self.base, *self.base.rglob("*")):
             os.chown(path, self.pw.pw_uid, self.pw.pw_gid, follow_symlinks=False)
 
-    def env(self) -> dict[str, str]:
-        """Claude Code's whole environment: offline, pointed at the stand-in."""
+    def session_env(self) -> dict[str, str]:
+        """What a login gives the user: HOME, USER, PATH, SHELL (and ``LANG`` if set)."""
         env = {
             "HOME": str(self.home),
             "USER": self.pw.pw_name,
             "LOGNAME": self.pw.pw_name,
             "PATH": PATH,
             "SHELL": "/bin/bash",
-            "TERM": "screen",
-            "ANTHROPIC_BASE_URL": self.api.url,
-            "DISABLE_AUTOUPDATER": "1",
-            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-            "DISABLE_TELEMETRY": "1",
-            "DISABLE_ERROR_REPORTING": "1",
         }
         if self.options.lang:
             env["LANG"] = self.options.lang
-        if self.options.login == "key":
-            env["ANTHROPIC_API_KEY"] = API_KEY
-        elif self.options.login == "oauth":
-            env["CLAUDE_CODE_OAUTH_TOKEN"] = OAUTH_TOKEN
-            env["CLAUDE_CODE_SUBSCRIPTION_TYPE"] = "max"
         return env
+
+    def env(self) -> dict[str, str]:
+        """Claude Code's whole environment: offline, pointed at the stand-in."""
+        return self.session_env() | {"TERM": "screen"} | api_env(self.api.url, self.options.login)
 
     def argv(self) -> list[str]:
         """The pane's command: drop to the user, a clean environment, then Claude Code."""
         program = list(self.options.command) or [str(BINARY)]
-        return [
-            "setpriv", f"--reuid={self.pw.pw_uid}", f"--regid={self.pw.pw_gid}", "--init-groups",
-            "--", "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in self.env().items()),
-            *program, *self.options.args,
-        ]  # fmt: skip
+        return as_user(self.pw, self.env(), [*program, *self.options.args])
 
     def start(self, *, prepare: bool = True) -> None:
         """Prepare the home (unless told not to), start tmux and the agent (no waiting)."""
         if prepare:
             self.prepare()
-        self._server = subprocess.Popen(
+        self.start_server(
             ["tmux", "-L", self.tmux.socket, "-f", "/dev/null", "-D"],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            env={"PATH": PATH, "HOME": "/root"}
+            {"PATH": PATH, "HOME": "/root"}
             | ({"LANG": self.options.lang} if self.options.lang else {}),
         )
-        deadline = time.monotonic() + 10
-        while not self.tmux.server_running():
-            if time.monotonic() > deadline:
-                msg = f"tmux server {self.tmux.socket} did not start"
-                raise WaitFailed(msg)
-            time.sleep(0.02)
         self.started_at = time.monotonic()
         pane = self.tmux.new_session(
             "agent",
@@ -233,6 +303,29 @@ class RealAgent:
         self.pane, self.pid = pane.pane_id, pane.pane_pid
         self.tmux.run("resize-window", "-t", "=agent:", "-x", str(self.options.width),
                       "-y", str(self.options.height))  # fmt: skip
+
+    def start_server(self, argv: list[str], env: dict[str, str]) -> None:
+        """Start the tmux server with *argv* (in the foreground, ``-D``) and wait until it answers.
+
+        With a :class:`UserTmux` it runs as the test user, with exactly *env*.
+        """
+        if isinstance(self.tmux, UserTmux):
+            argv = as_user(self.pw, env, argv)
+        self._server = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            cwd=self.home if self.home.is_dir() else "/",
+            env=env,
+        )
+        deadline = time.monotonic() + 10
+        while not self.tmux.server_running():
+            if time.monotonic() > deadline or self._server.poll() is not None:
+                msg = f"tmux server {self.tmux.socket} did not start: {argv}"
+                raise WaitFailed(msg)
+            time.sleep(0.02)
 
     # -- reading ----------------------------------------------------------------
 
@@ -324,21 +417,14 @@ class RealAgent:
     # -- tear-down --------------------------------------------------------------
 
     def descendants(self) -> list[int]:
-        """The pane's process and every process below it, by /proc."""
-        children: dict[int, list[int]] = {}
-        for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                fields = stat.read_text().rpartition(")")[2].split()
-                children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-        found, todo = [], [self.pid] if self.pid else []
-        while todo:
-            pid = todo.pop()
-            found.append(pid)
-            todo.extend(children.get(pid, []))
-        return found
+        """Every pane's process (the agent's first) and every process below them, by /proc."""
+        roots = [self.pid] if self.pid else []
+        with contextlib.suppress(Exception):
+            roots += [p.pane_pid for p in self.tmux.list_panes() if p.pane_pid not in roots]
+        return descendants(roots)
 
     def stop(self) -> None:
-        """Kill the tmux server and every process the agent started; wait for them."""
+        """Kill the tmux server and every process in its panes; wait for them."""
         pids = self.descendants()
         with contextlib.suppress(Exception):
             self.tmux.run("kill-server")
@@ -355,8 +441,50 @@ class RealAgent:
             except subprocess.TimeoutExpired:
                 self._server.kill()
                 self._server.wait(5)
+        uid = self.pw.pw_uid if isinstance(self.tmux, UserTmux) else os.geteuid()
         with contextlib.suppress(OSError):
-            (pathlib.Path("/tmp") / f"tmux-{os.geteuid()}" / self.tmux.socket).unlink()
+            (pathlib.Path("/tmp") / f"tmux-{uid}" / self.tmux.socket).unlink()
+
+
+def as_user(pw: pwd.struct_passwd, env: t.Mapping[str, str], argv: t.Sequence[str]) -> list[str]:
+    """*argv* run as *pw*'s user with exactly *env* (``setpriv`` and ``env -i`` both exec)."""
+    return [
+        "setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--",
+        "/usr/bin/env", "-i", *(f"{k}={v}" for k, v in env.items()), *argv,
+    ]  # fmt: skip
+
+
+def descendants(roots: t.Iterable[int]) -> list[int]:
+    """*roots* and every process below them, by /proc, breadth first (parents first)."""
+    children: dict[int, list[int]] = {}
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rpartition(")")[2].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], collections.deque(roots)
+    while todo:
+        pid = todo.popleft()
+        found.append(pid)
+        todo.extend(sorted(children.get(pid, [])))
+    return found
+
+
+def claude_code_pid(root: int) -> int | None:
+    """The topmost process under *root* (itself included) that is Claude Code.
+
+    Known by its binary (whatever name it was started by), or node running the npm
+    wrapper; never by gtd's judgement of names.
+    """
+    binaries = {(st.st_dev, st.st_ino) for st in (NATIVE.stat(), BINARY.stat())}
+    for pid in descendants([root]):
+        try:
+            exe = pathlib.Path(f"/proc/{pid}/exe")
+            st = exe.stat()
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in binaries or exe.resolve().name == "node":
+            return pid
+    return None
 
 
 def _alive(pid: int) -> bool:

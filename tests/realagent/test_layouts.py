@@ -15,9 +15,8 @@ import pytest
 
 from gtd.screen import Condition
 from tests.realagent.conftest import StartAgent
-from tests.realagent.harness import BINARY, PACKAGE, VERSION
+from tests.realagent.harness import BINARY, NATIVE, PACKAGE, VERSION
 
-NATIVE = PACKAGE / "claude-code-linux-x64" / "claude"
 EXE = PACKAGE / "claude-code" / "bin" / "claude.exe"
 WRAPPER_JS = PACKAGE / "claude-code" / "cli-wrapper.cjs"
 
