@@ -207,7 +207,7 @@ class Supervisor:
             extra = {"GTD_IDENTITY": self.identity.dash, "GTD_SESSION": self.identity.session}
             extra |= {"GTD_CONDITION": reading.condition.value, "GTD_CONDITION_DETAIL": detail}
             logger.warning(
-                "%s waits: %s", self.identity.dash, reading.describe(),
+                "%s waits: %s: %s", self.identity.dash, reading.condition.value, detail,
                 extra=extra | {"MESSAGE_ID": event.value},
             )  # fmt: skip
 
@@ -266,8 +266,8 @@ class Supervisor:
         text = sv.describe(self.guard, self.clock())
         if self.pid is not None and self.guard.phase in (sv.Phase.RUNNING, sv.Phase.STARTING):
             text = f"{text} (pid {self.pid})"
-        if self.state.condition in (Condition.DIALOG, Condition.LIMITED) and self.state.detail:
-            text = f"{text}, {self.state.detail}"
+        if (waits := _WAITING_AT.get(self.state.condition)) is not None:
+            text = f"{text}, {waits}" + (f": {self.state.detail}" if self.state.detail else "")
         return text
 
     def record(self) -> dict[str, t.Any]:
@@ -287,3 +287,4 @@ class Supervisor:
 
 _NOT_RUNNING = frozenset({Condition.DEAD, Condition.BACKOFF, Condition.STOPPED})
 _WAITS = {Condition.DIALOG: Event.AGENT_DIALOG, Condition.LIMITED: Event.AGENT_LIMITED}
+_WAITING_AT = {Condition.DIALOG: "at a dialog", Condition.LIMITED: "at a limit"}

@@ -216,7 +216,7 @@ def test_usage_limit_is_neither_restarted_nor_poked(api: FakeAPI, start_gtd: Sta
     assert shown.resets, town.screen_text()
     assert f"resets {shown.resets}" in record["detail"]
     assert ", until " in record["detail"]
-    assert f"deacon running (pid {pid}), {record['detail']}" in town.statuses()[-1]
+    assert f"deacon running (pid {pid}), at a limit: {record['detail']}" in town.statuses()[-1]
     row = town.deacon_status()
     assert ("limited", True) == (row["condition"], f"resets {shown.resets}" in row["detail"])
     said = [line for line in town.lines() if "usage limit" in line]

@@ -118,18 +118,21 @@ class PersonInput(t.NamedTuple):
     """What the adapter reads in the box afterwards."""
     sent: str
     """What the model gets when the person presses Enter."""
+    cursor_x: int | None = None
+    """Where the cursor ends up (the box's text starts at column 2), when it is certain."""
 
 
 LONG = "y" * 850
 PERSON_INPUTS = [
-    PersonInput("plain", (("type", "half typed"),), "half typed", "half typed"),
+    PersonInput("plain", (("type", "half typed"),), "half typed", "half typed", 12),
     PersonInput(
         "cursor-mid",
         (("type", "half typed"), ("key", "Left", "Left", "Left")),
         "half typed",
         "half typed",
+        9,
     ),
-    PersonInput("cursor-home", (("type", "2parser"), ("key", "Home")), "2parser", "2parser"),
+    PersonInput("cursor-home", (("type", "2parser"), ("key", "Home")), "2parser", "2parser", 2),
     PersonInput(
         "two-lines",
         (("type", "line one"), ("key", "C-j"), ("type", "line two")),
@@ -146,6 +149,7 @@ def test_person_input_is_never_sent_merged_or_lost(
     keys: tuple[tuple[str, ...], ...],
     box: str,
     sent: str,
+    cursor_x: int | None,
     api: FakeAPI,
     start_agent: StartAgent,
 ) -> None:
@@ -161,7 +165,11 @@ def test_person_input_is_never_sent_merged_or_lost(
             agent.type(args[0])
         else:
             agent.keys(*args)
-    before = agent.wait_input(box)
+    # Wait for the person's last key too (the text shows before the cursor moves back).
+    before = agent.wait(
+        lambda s: agent.ui.read(s).input == box and cursor_x in (None, s.cursor_x),
+        f"input box {box!r} with the cursor at column {cursor_x}",
+    )
     keyboard = Recorder(agent.tmux)
     outcome = poke_agent(agent, heartbeat(1), keyboard)
     assert (False, "input", []) == (outcome.delivered, outcome.reason, keyboard.sent)
