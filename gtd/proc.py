@@ -35,10 +35,23 @@ class Timeout(Exception):
         super().__init__(f"{argv[0]}: no answer within {timeout:g}s")
 
 
+CONTROL_SIGNALS = (signal.SIGUSR1, signal.SIGHUP)
+
+
 def _child_setup() -> None:
     """Run in the child between fork and exec: ignore the daemon's control signals."""
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    for sig in CONTROL_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def _held_child_setup() -> None:
+    """Ignore and block the control signals: for a child that installs its own handlers.
+
+    tmux handles SIGHUP (a client exits on it) whatever it inherited; a blocked
+    signal stays pending and is never delivered, as tmux never unblocks it.
+    """
+    _child_setup()
+    signal.pthread_sigmask(signal.SIG_BLOCK, CONTROL_SIGNALS)
 
 
 def run(
@@ -81,3 +94,39 @@ def run(
         proc.wait()
         raise Timeout(argv, timeout) from None
     return Result(tuple(argv), proc.returncode, out, err)
+
+
+def spawn(argv: t.Sequence[str], *, env: t.Mapping[str, str]) -> subprocess.Popen[bytes]:
+    """Start a long-lived child with pipes to its stdin, stdout and stderr (ours non-blocking).
+
+    The child runs in its own process group (:func:`kill_group` ends it) with
+    SIGUSR1 and SIGHUP ignored and blocked, so a signal sent to the daemon's whole
+    cgroup never reaches it. The caller bounds every wait on its pipes.
+
+    Raises
+    ------
+    OSError
+        The program could not be started.
+    """
+    child = subprocess.Popen(
+        list(argv),
+        env=dict(env),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        bufsize=0,
+        start_new_session=True,
+        preexec_fn=_held_child_setup,  # noqa: PLW1509 - the daemon is single-threaded
+    )
+    for pipe in (child.stdin, child.stdout):
+        if pipe is not None:
+            os.set_blocking(pipe.fileno(), False)
+    return child
+
+
+def kill_group(child: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the child's process group and reap the child; never raises."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(child.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(5)
