@@ -177,6 +177,7 @@ class Daemon:
             self.notifier.stopping("stopping; agents keep running")
         for sup in self.supervisors.values():
             sup.unwatch()
+        self.tmux.close()
         self.state.running = False
         with contextlib.suppress(OSError):
             self._save_state()
@@ -236,6 +237,7 @@ class Daemon:
         self.problems.pop("reload", None)
         if moved:
             # Agents on the old server are left alone; they are ensured on the new one.
+            self.tmux.close()
             self.tmux = self._make_tmux(new.tmux.socket)
             for sup in self.supervisors.values():
                 sup.reset()
@@ -249,10 +251,10 @@ class Daemon:
         self.notifier.ready(self.status_text())
 
     def _make_tmux(self, socket: str) -> Tmux:
-        """A tmux client whose timeout fits well inside the watchdog period."""
+        """A tmux control client whose timeout fits well inside the watchdog period."""
         interval = self.notifier.watchdog_interval
         timeout = DEFAULT_TIMEOUT if interval is None else min(DEFAULT_TIMEOUT, interval / 3)
-        return Tmux(socket, timeout=max(timeout, 0.5))
+        return Tmux(socket, timeout=max(timeout, 0.5), control=True)
 
     # -- the heartbeat -------------------------------------------------------------
 
