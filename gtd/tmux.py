@@ -20,12 +20,12 @@ import collections
 import dataclasses
 import logging
 import os
-import shutil
 import time
 import typing as t
 
 from gtd.control import SESSION as CONTROL_SESSION
 from gtd.control import ControlClient, Unavailable
+from gtd.environment import which
 from gtd.exc import NoServer, TmuxError, TmuxNotFound, TmuxTimeout
 from gtd.proc import Result, Timeout
 from gtd.proc import run as run_bounded
@@ -169,7 +169,7 @@ class Tmux:
     def binary(self) -> str:
         """The tmux binary, resolved once."""
         if self._binary is None:
-            found = shutil.which("tmux")
+            found = which("tmux", os.environ.get("PATH"))
             if found is None:
                 raise TmuxNotFound from None
             self._binary = found
