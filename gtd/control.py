@@ -13,16 +13,19 @@ own, :data:`SESSION`, never to an agent's or a person's: ``tmux ls`` stays true
 (an agent's session is not marked attached when no one is), a person's bare
 ``tmux attach``, which prefers unattached sessions, never lands in it, and no
 person's session changes. The session has ``status off`` (no status timer in the
-server), ``destroy-unattached on`` (it goes away with the client, also when gtd is
-killed with SIGKILL) and one dead pane that says what it is. The client has the
-flags ``ignore-size,no-output``: it never sets a size (no window is resized for
-it) and receives no pane output.
+server), one dead pane that says what it is, and a ``client-detached`` hook that
+kills it, so it goes when its client goes, also when gtd is killed with SIGKILL.
+(Not ``destroy-unattached``: every tmux release so far crashes when that option
+destroys a session that a client on its way out still points to, tmux GitHub
+issue 5497, and an exiting control client is just that; seen here with 3.3a.)
+The client has the flags ``ignore-size,no-output``: it never sets a size (no
+window is resized for it) and receives no pane output.
 
-Every command has a deadline; on a timeout the client is killed (its process
-group) and the next command connects again, so a frozen server costs one
-timeout per call, as a one-shot client would. When the session or the server
-goes away the client exits, and the next command reconnects (and gets the same
-"no server running" error a one-shot client gets).
+Every command has a deadline, and a frozen server costs one timeout per call, as
+a one-shot client would (:class:`ControlClient` says why the client is kept, not
+killed). When the session or the server goes away the client exits, and the next
+command connects again (and gets the same "no server running" error a one-shot
+client gets).
 """
 
 from __future__ import annotations
@@ -171,7 +174,7 @@ class ControlClient:
             "new-session", "-A", "-s", self.session, "-n", "gtd", "-f", FLAGS,
             "--", "printf", "%s\\n", NOTICE,
             ";", "set-option", "-t", target, "status", "off",
-            ";", "set-option", "-t", target, "destroy-unattached", "on",
+            ";", "set-hook", "-t", target, "client-detached", f"kill-session -t ={self.session}",
             ";", "set-option", "-p", "-t", target, "remain-on-exit", "on",
         ]  # fmt: skip
 
@@ -252,20 +255,20 @@ class ControlClient:
             self._spawn()
         if not self._owed:
             return
-        try:
-            if self._unsent:
-                self._write(self._unsent, deadline, timeout)
-            blocks = self._read(deadline, timeout)
-        except _Gone:
-            was_connected = self._connected
-            result = self._reap()
-            if not was_connected:
-                raise Unavailable(result) from None
-            self._spawn()  # a client that owed an old command's answer went away
+        for attempt in (1, 2, 3):
             try:
+                if self._unsent:
+                    self._write(self._unsent, deadline, timeout)
                 blocks = self._read(deadline, timeout)
+                break
             except _Gone:
-                raise Unavailable(self._reap()) from None
+                was_connected = self._connected
+                result = self._reap()
+                # Exit status 0: detached, as when its session was killed meanwhile (the
+                # hook of a client that just went): connect again. Else tmux said why.
+                if (not was_connected and result.returncode != 0) or attempt == 3:
+                    raise Unavailable(result) from None
+                self._spawn()
         if not self._connected:
             if blocks.error is not None:
                 self.close()
@@ -278,7 +281,7 @@ class ControlClient:
 
     def _spawn(self) -> None:
         self._buf, self._connected = b"", False
-        self._owed, self._flag = 4, b"0"  # new-session and three set-option
+        self._owed, self._flag = 4, b"0"  # new-session, two set-option, set-hook
         self._proc = proc.spawn(self.connect_argv(), env=self.env)
         self.connects += 1
 
