@@ -11,41 +11,62 @@ if t.TYPE_CHECKING:
 COMMAND = "sudo .venv/bin/python -m bench.run"
 
 METHOD = """\
-- **1. start → READY.** The daemon unit is stopped and started {starts} times with the
-  tmux unit up and the deacon alive; each start is timed around `systemctl --user start`
-  run as the sandbox user straight from the bench (fork + setuid + exec, no `runuser`).
-  The baseline unit (`bench-notify.service`) is `/usr/bin/python3 -c` a script that sends
-  `READY=1` at once; gtd and the baseline alternate. systemd's own
-  `InactiveExitTimestampMonotonic → ActiveEnterTimestampMonotonic` is reported too.
+- **1. exec → READY.** The daemon unit is stopped and started {starts} times with the
+  tmux unit up and the deacon alive, alternating with the baseline unit
+  (`bench-notify.service`: `/usr/bin/python3 -c` a script that sends `READY=1` at once,
+  a bare python notify unit). The figure is systemd's own
+  `InactiveExitTimestampMonotonic → ActiveEnterTimestampMonotonic`: fork of the main
+  process to READY=1. The wall time of `systemctl --user start`, run as the sandbox
+  user straight from the bench (fork + setuid + exec, no `runuser`), is shown too.
   Percentiles are nearest-rank.
-- **2. idle CPU.** With heartbeat 300 s and `WatchdogSec=30s` (the packaged unit), CPU of
-  the unit's cgroup (`cpu.stat usage_usec` in the cgroup v2 hierarchy: the main process
-  and any children) is sampled before and after {idle:g} s of idleness, next to the
-  baseline python notify unit and a `sleep infinity` unit over the same window.
-  Wakeups are voluntary context switches of all the process's threads.
-- **3. memory.** `VmRSS` / `VmHWM` of the daemon's main PID after start, after the idle
-  window, and after {beats} heartbeats at 1 s (config reloaded with `systemctl --user
-  reload`); the baseline is the python notify unit.
-- **4. lifecycle.** `requesting_cycle: true` is set in `<town>/deacon/state.json`, a
-  request `{{"id", "identity": "deacon", "action": "cycle", "created_at", "from"}}` is
-  written to `daemon/lifecycle/tmp/` and renamed into `new/`, then `systemctl --user kill
-  -s USR1 gastown-daemon`; the time runs from just before that systemctl call until the
-  file is in neither `new/` nor `cur/` (1 ms polls), and, from a second thread, until the
-  deacon pane shows a new live `pane_pid` (10 ms tmux polls). {lifecycle} repetitions.
-- **5. dead deacon.** SIGKILL of the deacon's pane PID, then tmux is polled every 10 ms
+- **2. exec → deacon session.** The daemon is stopped, the `gt-deacon` session killed
+  (the tmux server stays up), the daemon started; a control-mode client of the bench's
+  own stamps the `%sessions-changed` after which `gt-deacon` is listed, on the clock of
+  systemd's monotonic timestamps, and the unit's `InactiveExitTimestampMonotonic` is
+  taken from it. {starts} repetitions.
+- **3. USR1 → request done.** `requesting_cycle: true` is set in
+  `<town>/deacon/state.json`, a request `{{"id", "identity": "deacon", "action": "cycle",
+  "created_at", "from"}}` is written to `daemon/lifecycle/tmp/` and renamed into `new/`,
+  then SIGUSR1 goes to the daemon's main PID with kill(2) (what `systemctl --user kill
+  --kill-who=main` and `gtd request` deliver); the time runs from just before the signal
+  until the file is in neither `new/` nor `cur/` (1 ms polls), and, from a second
+  thread, until the deacon pane shows a new live `pane_pid` (10 ms tmux polls).
+  {lifecycle} repetitions, then {lifecycle} more through `systemctl --user kill -s USR1`
+  (the whole cgroup; systemctl's own time included).
+- **4. CPU per heartbeat.** The config is reloaded with `heartbeat_interval = 1s` and
+  1, 10, 100, 1,000 extra `sleep infinity` sessions on the agents' server, then with ten
+  `[supervise] agents` (deacon, mayor, two witnesses, two refineries, four crew; only the
+  deacon in `poke`). After 2 settling heartbeats, the CPU of the daemon's cgroup
+  (`cpu.stat usage_usec`: the daemon and every process it starts) over {beats}
+  heartbeats is divided by their number (the poke of the fake agent included). The
+  reference is the CPU of one `tmux list-panes -a` process in the same run. The tmux
+  unit gets `LimitNOFILE=16384` from a bench drop-in: each pane holds a descriptor in
+  the server, and the user manager's soft limit of 1,024 leaves a server with 1,000
+  extra sessions spinning on `accept()`.
+- **5. memory.** `VmRSS` / `VmHWM` of the daemon's main PID after start and after the
+  idle window; the baseline is the python notify unit. For growth, `python -m
+  bench.driver` builds the daemon as `gtd run` does (same modules) and runs {driver}
+  heartbeats back to back through the real loop (poke, `state.json` write each time)
+  against a private tmux server, reporting its VmRSS after the first and the last.
+- **6. idle.** With heartbeat 300 s and `WatchdogSec=30s` (the packaged unit), CPU of the
+  unit's cgroup and the daemon's voluntary context switches (all threads) are sampled
+  before and after {idle:g} s of idleness, next to the baseline python notify unit and a
+  `sleep infinity` unit over the same window. The wake-ups the watchdog asks for are
+  one per 15 s.
+- **7. dead deacon.** SIGKILL of the deacon's pane PID, then tmux is polled every 10 ms
   until a new pane PID whose `pane_current_command` is `node` appears. Healthy kills are
   spaced {spacing:g} s apart (gtd's `startsecs` is 10 s, so each killed agent had
   become healthy); the quick kills follow each restart at once and show the crash-loop
   guard's back-off instead. Separately, `gtd run` (no systemd) runs an agent command of
   `/bin/false` for 18 s, and the gaps between its restarts are compared with the
   guard's 1 s, 2 s, 4 s, 8 s.
-- **6. tmux work.** `gtd -v run` directly (no systemd), heartbeat 1 s, a private
-  `tmux -L … -f /dev/null -D` server with 1, 10 and 100 extra `sleep infinity` sessions,
-  and a `tmux` wrapper first on `PATH` that logs each invocation with `$EPOCHREALTIME`
-  and execs `/usr/bin/tmux`. Invocations are charged to the heartbeat whose
-  `heartbeat #N done` line follows them; the startup heartbeat is reported apart.
-  Upstream's count is computed from `reference/gastown-9afd6c557`
-  (`ensureDeaconRunning` + `pokeDeacon`), not measured.
+- **8. tmux work.** `gtd -v run` directly (no systemd), heartbeat 1 s, a private
+  `tmux -L … -f /dev/null -D` server with 1, 10, 100 and 1,000 extra `sleep infinity`
+  sessions, and a `tmux` wrapper first on `PATH` that logs each process started with
+  `$EPOCHREALTIME` and execs `/usr/bin/tmux`; gtd's debug log has a line per tmux
+  command. Both are charged to the heartbeat whose `heartbeat #N done` line follows
+  them; the startup heartbeat is reported apart. Upstream's count is computed from
+  `reference/gastown-9afd6c557` (`ensureDeaconRunning` + `pokeDeacon`), not measured.
 """
 
 
@@ -131,8 +152,9 @@ def markdown(
         "journald of `tests/sandbox.py`, here for the sandbox user `gtdbench`).",
         f"`--quick` gives a shorter, noisier run. This run: {date}, {elapsed:.0f} s.",
         "",
-        "The targets are those of the project brief. Every number is a measurement on the",
-        "machine below; the baseline column is measured in the same run.",
+        "The targets are those of issue 10. Every number is a measurement on the machine",
+        "below; the baseline column is measured in the same run (upstream's Go figures are",
+        "quoted from issue 10's table, not measured here).",
         "",
         "## Machine",
         "",
