@@ -78,17 +78,21 @@ class CursorLine:
     x: int
 
 
-def parse_panes(stdout: str) -> list[PaneInfo]:
+def parse_panes(stdout: str, prefix: str = "") -> list[PaneInfo]:
     r"""Parse ``list-panes -a -F PANE_FORMAT`` output; lines that do not fit are skipped.
+
+    Only sessions whose name starts with *prefix* are read (the rest cost nothing).
 
     >>> [pane] = parse_panes("gt-deacon\u241e%1\u241e42\u241e0\u241edeacon\u241enode\n")
     >>> pane.pane_id, pane.pane_pid, pane.dead, pane.agent, pane.current_command
     ('%1', 42, False, 'deacon', 'node')
-    >>> parse_panes("junk\n")
-    []
+    >>> parse_panes("junk\n"), parse_panes("x\u241e%2\u241e7\u241e0\u241e\u241esh\n", "gt-")
+    ([], [])
     """
     panes = []
     for line in stdout.splitlines():
+        if not line.startswith(prefix):
+            continue
         parts = line.split(SEP, len(PANE_FIELDS) - 1)
         if len(parts) != len(PANE_FIELDS) or not parts[2].isdigit():
             continue
@@ -249,12 +253,14 @@ class Tmux:
             return "no sessions" in err.stderr
         return True
 
-    def list_panes(self, *, missing_ok: bool = True) -> list[PaneInfo]:
+    def list_panes(self, *, missing_ok: bool = True, prefix: str = "") -> list[PaneInfo]:
         """Every pane of every session in one call; ``[]`` when no server runs.
 
-        The panes of gtd's own control session are left out. With *missing_ok*
-        false a missing server raises :class:`NoServer` instead, so one call tells
-        "no server" from "no sessions".
+        The panes of gtd's own control session are left out, and with *prefix*
+        those of sessions whose names do not start with it (the agents' ``gt-``:
+        a server with 1,000 other sessions then costs the parse of none of them).
+        With *missing_ok* false a missing server raises :class:`NoServer` instead,
+        so one call tells "no server" from "no sessions".
         """
         try:
             result = self.run("list-panes", "-a", "-F", PANE_FORMAT)
@@ -267,7 +273,8 @@ class Tmux:
             if "no sessions" in err.stderr or "no current target" in err.stderr:
                 return []
             raise
-        return [p for p in parse_panes(result.stdout) if p.session_name != CONTROL_SESSION]
+        panes = parse_panes(result.stdout, prefix)
+        return [p for p in panes if p.session_name != CONTROL_SESSION]
 
     def pane(self, target: str) -> PaneInfo:
         """One pane (or a session's active pane) by target."""
