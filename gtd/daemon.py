@@ -27,7 +27,7 @@ from gtd.actions import AgentActor
 from gtd.config import Config, read_config
 from gtd.events import Event
 from gtd.exc import CommandNotFound, ConfigError, GtdError, NoServer, Stopping, TmuxError
-from gtd.identities import DEACON, Identity
+from gtd.identities import DEACON, SESSION_PREFIX, Identity
 from gtd.lifecycle import Processor, SpoolSource
 from gtd.loop import Loop, stop_requested
 from gtd.mail import MailSource
@@ -306,10 +306,10 @@ class Daemon:
         """
         try:
             try:
-                panes = self.tmux.list_panes(missing_ok=False)
+                panes = self.tmux.list_panes(missing_ok=False, prefix=SESSION_PREFIX)
             except NoServer:
                 self.ensure_tmux()
-                panes = self.tmux.list_panes()
+                panes = self.tmux.list_panes(prefix=SESSION_PREFIX)
         except Stopping:
             raise
         except GtdError as err:
