@@ -21,7 +21,7 @@ from bench.crashloop import crash_loop
 from bench.heartbeat import HeartbeatCost
 from bench.latency import exec_to_session
 from bench.recovery import Recovery
-from bench.report import console, markdown
+from bench.report import MISSED, console, markdown, measured_rows
 from bench.service import DAEMON, Counts, ServiceBench
 from bench.tmuxcount import TmuxWork
 from tests.sandbox import UserManager, missing_requirements
@@ -40,6 +40,8 @@ class Namespace(argparse.Namespace):
     only: str
     output: str
     no_write: bool
+    before: str | None
+    before_label: str
 
 
 def create_parser() -> argparse.ArgumentParser:
@@ -60,6 +62,14 @@ def create_parser() -> argparse.ArgumentParser:
         "--output", default=str(REPO / "docs" / "benchmarks.md"), help="Markdown report path"
     )
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument(
+        "--before",
+        metavar="FILE",
+        help="a benchmarks.md written by an earlier run (another commit) to compare with",
+    )
+    parser.add_argument(
+        "--before-label", default="an earlier run", help="what --before measured (a commit)"
+    )
     return parser
 
 
@@ -148,8 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         facts = machine_facts(sys.executable)
         method = dataclasses.asdict(counts)
+        before = None
+        if args.before:
+            rows = measured_rows(pathlib.Path(args.before).read_text())
+            before = (args.before_label, rows)
         text = markdown(
             results,
+            before=before,
+            missed=MISSED,
             date=date,
             elapsed=elapsed,
             facts=facts,
