@@ -73,8 +73,11 @@ METHOD = """\
   `bench/` copied in, `python3 -m venv .venv && .venv/bin/pip install -e '.[test]'`
   there, `sudo .venv/bin/python -m bench.run --output /tmp/before.md`; then, here,
   `sudo .venv/bin/python -m bench.run --before /tmp/before.md --before-label "..."`.
-  Each run's baselines are its own; the machine (2 cores shared with other work) was
-  not quiet, so read a figure against the baseline of its own run.
+  Each run's baselines are its own (shown with each figure); the machine (2 cores
+  shared with other work) was not quiet, so read a figure against its own run's
+  baseline. For start-up, `--before-venv /tmp/before/.venv` also starts `gtd run` of
+  both trees and the bare notify script in turn (no systemd, a private tmux server),
+  so the two see the same load.
 """
 
 
@@ -183,16 +186,17 @@ def _cell(text: str) -> str:
 
 
 def measured_rows(text: str) -> dict[tuple[str, str], str]:
-    """The measured column of a benchmarks.md Results table, by (target, metric).
+    """Measured (and baseline) of a benchmarks.md Results table, by (target, metric).
 
     >>> measured_rows("| 1. a | m | g | 5 ms | b | meets | r |")
-    {('1. a', 'm'): '5 ms'}
+    {('1. a', 'm'): '5 ms (baseline: b)'}
     """
     rows = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
         if len(cells) == 7 and cells[0][:1].isdigit():
-            rows[(cells[0], cells[1])] = cells[3]
+            base = f" (baseline: {cells[4]})" if cells[4] != "-" else ""
+            rows[(cells[0], cells[1])] = cells[3] + base
     return rows
 
 
@@ -204,9 +208,10 @@ def before_after(results: Results, before: t.Mapping[tuple[str, str], str]) -> l
         if r.meets is None:
             continue
         was = before.get((_cell(r.section), _cell(r.metric)), "-")
+        now = _cell(r.measured) + (f" (baseline: {_cell(r.baseline)})" if r.baseline != "-" else "")
         lines.append(
             f"| {_cell(r.section)} | {_cell(r.metric)} | {_cell(r.target)} | {was} "
-            f"| {_cell(r.measured)} | {verdict(r)} |"
+            f"| {now} | {verdict(r)} |"
         )
     return lines
 

@@ -16,6 +16,7 @@ import time
 import traceback
 import typing as t
 
+from bench.ab import interleaved
 from bench.common import Results, Row, machine_facts
 from bench.crashloop import crash_loop
 from bench.heartbeat import HeartbeatCost
@@ -42,6 +43,7 @@ class Namespace(argparse.Namespace):
     no_write: bool
     before: str | None
     before_label: str
+    before_venv: str | None
 
 
 def create_parser() -> argparse.ArgumentParser:
@@ -69,6 +71,12 @@ def create_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--before-label", default="an earlier run", help="what --before measured (a commit)"
+    )
+    parser.add_argument(
+        "--before-venv",
+        metavar="DIR",
+        help="the venv of an earlier tree (DIR/..): its `gtd run` and this one's start "
+        "interleaved, for a fair exec → READY comparison",
     )
     return parser
 
@@ -123,8 +131,13 @@ def journal_problems(um: UserManager, results: Results, cursor: str | None) -> N
         results.detail(f"journal (warning or worse) x{count}: {message}")
 
 
-def run_tmux(results: Results, counts: Counts) -> None:
+def run_tmux(results: Results, counts: Counts, before_venv: str | None = None) -> None:
     """Target 8, memory after many heartbeats, the crash-loop check; private tmux servers."""
+    if before_venv:
+        print("1. exec → READY, before and now interleaved ...")
+        rounds = 6 if counts.starts < 10 else 20
+        guarded(results, "1. interleaved", lambda: interleaved(results, pathlib.Path(before_venv),
+                                                            rounds))  # fmt: skip
     work = TmuxWork(results, (1, 10, 100, 1000), counts.fast_heartbeats)
     try:
         print("8. tmux work per heartbeat ...")
@@ -149,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in ("all", "service"):
         run_service(results, counts)
     if args.only in ("all", "tmux"):
-        run_tmux(results, counts)
+        run_tmux(results, counts, args.before_venv)
     elapsed = time.monotonic() - begun
     if not results.rows:
         results.rows.append(Row("-", "nothing measured", "-", "-", "-", "see problems"))
