@@ -388,12 +388,13 @@ class Daemon:
         self._save_state()
 
     def _hold(self, identity: Identity) -> None:
-        if (sup := self.supervisors.get(identity)) is not None:
+        if (sup := self.supervisors.get(identity)) is not None and not sup.state.held:
             sup.hold()
             self._held_changed = True
 
     def _release(self, identity: Identity) -> None:
-        if (sup := self.supervisors.get(identity)) is not None:
+        # Only a change is saved: a cycle of an agent that was not held writes nothing.
+        if (sup := self.supervisors.get(identity)) is not None and sup.state.held:
             sup.release()
             self._held_changed = True
 
