@@ -39,7 +39,7 @@ def crash_loop(results: Results, seconds: float = 18.0) -> None:
     warned = sum(1 for _, line in run.lines if "crash-looping" in line)
     results.add(
         Row(
-            "5. dead deacon",
+            "7. dead deacon",
             f"agent that exits at once (`/bin/false`): gaps between restarts over {seconds:g} s "
             "(`gtd run`, no systemd)",
             "back-off 1 s, 2 s, 4 s, 8 s",

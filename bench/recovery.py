@@ -1,4 +1,4 @@
-"""Targets 4 and 5: a lifecycle request after USR1, and a killed deacon coming back.
+"""Targets 3 and 7: a lifecycle request after USR1, and a killed deacon coming back.
 
 Both run on the town of :class:`bench.service.ServiceBench` and restart the deacon,
 so they go after the idle measurements.
@@ -18,7 +18,7 @@ import time
 import typing as t
 
 from bench.common import Row, percentile, samples, summary
-from bench.service import DAEMON, REPO
+from bench.service import DAEMON
 from tests.sandbox import retry_until
 
 if t.TYPE_CHECKING:
@@ -30,21 +30,38 @@ class Recovery:
 
     def __init__(self, bench: ServiceBench) -> None:
         self.b = bench
+        self.main = 0
+        """The daemon's main PID, read before the timed region."""
 
     # -- 4. lifecycle ----------------------------------------------------------------
 
     def lifecycle(self) -> None:
-        """Target 4: a queued request is carried out within 50 ms (p50) of USR1."""
-        res = self.b.results
+        """Target 3: a queued request is carried out within 15 ms (p50) of SIGUSR1.
+
+        SIGUSR1 goes to the main PID with kill(2), as ``systemctl --user kill
+        --kill-who=main -s USR1`` delivers it; the same through ``systemctl --user
+        kill -s USR1`` (the whole cgroup, systemctl's own time included) is shown too.
+        """
         spool = self.b.root / "daemon" / "lifecycle"
         for sub in ("tmp", "new", "cur", "failed"):
             self.b.make_dirs(spool / sub)
+        self.main = self.b.main_pid()
+        direct = self._requests(spool, self._kill)
+        via = self._requests(spool, self._systemctl)
+        self._report(direct, "kill(2) SIGUSR1 to the main PID", "p50 ≤ 15 ms", 0.015)
+        self._report(via, "`systemctl --user kill -s USR1` (its own time included)",
+                     "(informational)", None)  # fmt: skip
+
+    def _requests(
+        self, spool: pathlib.Path, send: t.Callable[[], str | None]
+    ) -> tuple[list[float], list[float], list[float], str]:
+        """Run the repetitions: (request done, new pane seen, send time, why stopped)."""
         gone: list[float] = []
         panes: list[float] = []
         signals: list[float] = []
         why = ""
         for _ in range(self.b.counts.lifecycle):
-            outcome = self._one_request(spool)
+            outcome = self._one_request(spool, send)
             if isinstance(outcome, str):
                 why = outcome
                 break
@@ -54,41 +71,60 @@ class Recovery:
             if pane is not None:
                 panes.append(pane)
             self.b.last_deacon_start = time.monotonic()
-        wired = (REPO / "gtd" / "lifecycle.py").exists()
+        return gone, panes, signals, why
+
+    def _report(
+        self,
+        runs: tuple[list[float], list[float], list[float], str],
+        how: str,
+        goal: str,
+        limit: float | None,
+    ) -> None:
+        res = self.b.results
+        gone, panes, signals, why = runs
         if not gone:
-            why = why or "no request completed"
-            note = f"not measured: lifecycle not wired ({why}"
-            note += "; gtd/lifecycle.py exists)" if wired else "; gtd/lifecycle.py absent)"
-            res.add(Row("4. lifecycle", "USR1 → request gone from new/ and cur/",
-                        "p50 ≤ 50 ms", note, "-", "re-run once lifecycle is wired"))  # fmt: skip
+            res.add(Row("3. USR1 → request done", f"{how} → request gone", goal,
+                        f"not measured: {why or 'no request completed'}", "-", "-"))  # fmt: skip
             return
         p50 = percentile(gone, 50)
         res.add(
             Row(
-                "4. lifecycle",
-                "`systemctl --user kill -s USR1` → request file gone from new/ and cur/",
-                "p50 ≤ 50 ms",
+                "3. USR1 → request done",
+                f"{how} → request file gone from new/ and cur/ (cycle of the deacon)",
+                goal,
                 summary(gone),
-                f"systemctl kill itself: {summary(signals)}",
-                f"p50 {'within' if p50 <= 0.05 else 'over'} 50 ms (cycle of deacon)"
-                + (f"; stopped early: {why}" if why else ""),
-                p50 <= 0.05,
+                f"sending the signal itself: {summary(signals)}",
+                ("" if limit is None else f"p50 {'within' if p50 <= limit else 'over'} "
+                 f"{limit * 1000:.0f} ms") + (f"; stopped early: {why}" if why else ""),
+                None if limit is None else p50 <= limit,
             )
-        )
+        )  # fmt: skip
         res.add(
             Row(
-                "4. lifecycle",
-                "USR1 → deacon pane has a new pane_pid (tmux polled every 10 ms)",
+                "3. USR1 → request done",
+                f"{how} → deacon pane has a new pane_pid (tmux polled every 10 ms)",
                 "(informational)",
                 summary(panes),
                 "-",
                 "the agent restart inside the request",
             )
         )
-        res.detail(f"lifecycle request samples: {samples(gone)}")
+        res.detail(f"request samples ({how}): {samples(gone)}")
 
-    def _one_request(self, spool: pathlib.Path) -> tuple[float, float, float | None] | str:
-        """Queue one ``cycle`` of the deacon, send USR1, time it; a string says why not."""
+    def _kill(self) -> str | None:
+        if not self.main:
+            return "the daemon is not running"
+        os.kill(self.main, signal.SIGUSR1)
+        return None
+
+    def _systemctl(self) -> str | None:
+        proc = self.b.user.systemctl("kill", "-s", "USR1", DAEMON)
+        return None if proc.returncode == 0 else f"systemctl kill failed: {proc.stderr.strip()}"
+
+    def _one_request(
+        self, spool: pathlib.Path, send: t.Callable[[], str | None]
+    ) -> tuple[float, float, float | None] | str:
+        """Queue one ``cycle`` of the deacon, *send* USR1, time it; a string says why not."""
         old = self.b.live_deacon()
         flags = self.b.root / "deacon" / "state.json"
         try:
@@ -109,11 +145,11 @@ class Recovery:
         watcher = PaneWatcher(self.b, old.pid)
         watcher.start()
         begun = time.perf_counter()
-        proc = self.b.user.systemctl("kill", "-s", "USR1", DAEMON)
+        problem = send()
         sent = time.perf_counter() - begun
-        if proc.returncode != 0:
+        if problem is not None:
             watcher.stop()
-            return f"systemctl kill failed: {proc.stderr.strip()}"
+            return problem
         deadline = begun + 5.0
         failed = spool / "failed" / name
         while (spool / "new" / name).exists() or (spool / "cur" / name).exists():
@@ -134,7 +170,7 @@ class Recovery:
     # -- 5. dead deacon ----------------------------------------------------------------
 
     def dead_deacon(self) -> None:
-        """Target 5: a killed deacon is alive again within 2 s (healthy, then quick kills)."""
+        """Target 7: a killed deacon is alive again within 2 s (healthy, then quick kills)."""
         res = self.b.results
         healthy: list[float] = []
         for _ in range(self.b.counts.healthy_kills):
@@ -148,7 +184,7 @@ class Recovery:
         worst = max(healthy)
         res.add(
             Row(
-                "5. dead deacon",
+                "7. dead deacon",
                 "SIGKILL of a healthy deacon (up > 10 s) → new live pane_pid running node",
                 "≤ 2 s",
                 summary(healthy),
@@ -159,7 +195,7 @@ class Recovery:
         )
         res.add(
             Row(
-                "5. dead deacon",
+                "7. dead deacon",
                 f"{len(quick)} kills each right after the restart (< startsecs 10 s)",
                 "back-off " + ", ".join(f"{e:g} s" for e in expected),
                 samples(quick),

@@ -16,10 +16,13 @@ import time
 import traceback
 import typing as t
 
+from bench.ab import interleaved
 from bench.common import Results, Row, machine_facts
 from bench.crashloop import crash_loop
+from bench.heartbeat import HeartbeatCost
+from bench.latency import exec_to_session
 from bench.recovery import Recovery
-from bench.report import console, markdown
+from bench.report import MISSED, console, markdown, measured_rows
 from bench.service import DAEMON, Counts, ServiceBench
 from bench.tmuxcount import TmuxWork
 from tests.sandbox import UserManager, missing_requirements
@@ -28,7 +31,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SANDBOX_USER = "gtdbench"
 """Not the tests' ``gtdtest``, so a concurrent test run never shares a manager with us."""
 QUICK = Counts(starts=4, idle_seconds=8.0, fast_heartbeats=3, healthy_kills=2, quick_kills=2,
-               lifecycle=5)  # fmt: skip
+               lifecycle=5, driver_heartbeats=200)  # fmt: skip
 
 
 class Namespace(argparse.Namespace):
@@ -38,6 +41,9 @@ class Namespace(argparse.Namespace):
     only: str
     output: str
     no_write: bool
+    before: str | None
+    before_label: str
+    before_venv: str | None
 
 
 def create_parser() -> argparse.ArgumentParser:
@@ -51,13 +57,27 @@ def create_parser() -> argparse.ArgumentParser:
         "--only",
         choices=("all", "service", "tmux"),
         default="all",
-        help="service: targets 1-5 under systemd; tmux: target 6 and the crash-loop check "
-        "(gtd run directly)",
+        help="service: targets 1-7 under systemd; tmux: target 8, memory after many "
+        "heartbeats and the crash-loop check (gtd run directly)",
     )
     parser.add_argument(
         "--output", default=str(REPO / "docs" / "benchmarks.md"), help="Markdown report path"
     )
     parser.add_argument("--no-write", action="store_true", help="print only")
+    parser.add_argument(
+        "--before",
+        metavar="FILE",
+        help="a benchmarks.md written by an earlier run (another commit) to compare with",
+    )
+    parser.add_argument(
+        "--before-label", default="an earlier run", help="what --before measured (a commit)"
+    )
+    parser.add_argument(
+        "--before-venv",
+        metavar="DIR",
+        help="the venv of an earlier tree (DIR/..): its `gtd run` and this one's start "
+        "interleaved, for a fair exec → READY comparison",
+    )
     return parser
 
 
@@ -82,14 +102,18 @@ def run_service(results: Results, counts: Counts) -> None:
         venv = um.ensure_user_can_run(pathlib.Path(sys.prefix))
         bench = ServiceBench(um, results, counts)
         bench.setup(venv)
-        print("1. start latency ...")
-        guarded(results, "1. start latency", bench.start_latency)
-        print("2/3. idle CPU and memory ...")
-        guarded(results, "2/3. idle CPU and memory", bench.idle_and_memory)
-        print("4. lifecycle ...")
-        guarded(results, "4. lifecycle", Recovery(bench).lifecycle)
-        print("5. dead deacon ...")
-        guarded(results, "5. dead deacon", Recovery(bench).dead_deacon)
+        print("1. exec → READY ...")
+        guarded(results, "1. exec → READY", bench.start_latency)
+        print("2. exec → deacon session ...")
+        guarded(results, "2. exec → deacon session", lambda: exec_to_session(bench))
+        print("5/6. memory and idle ...")
+        guarded(results, "5/6. memory and idle", bench.idle_and_memory)
+        print("4. CPU per heartbeat ...")
+        guarded(results, "4. CPU per heartbeat", HeartbeatCost(bench).measure)
+        print("3. USR1 → request done ...")
+        guarded(results, "3. USR1 → request done", Recovery(bench).lifecycle)
+        print("7. dead deacon ...")
+        guarded(results, "7. dead deacon", Recovery(bench).dead_deacon)
         journal_problems(um, results, bench.cursor)
     finally:
         print(f"stopping the {SANDBOX_USER} manager ...")
@@ -107,16 +131,25 @@ def journal_problems(um: UserManager, results: Results, cursor: str | None) -> N
         results.detail(f"journal (warning or worse) x{count}: {message}")
 
 
-def run_tmux(results: Results, quick: bool) -> None:
-    """Target 6 and the crash-loop check against private tmux servers; always cleaned up."""
-    work = TmuxWork(results, (1, 10, 100), 3 if quick else 6)
+def run_tmux(results: Results, counts: Counts, before_venv: str | None = None) -> None:
+    """Target 8, memory after many heartbeats, the crash-loop check; private tmux servers."""
+    if before_venv:
+        print("1. exec → READY, before and now interleaved ...")
+        rounds = 6 if counts.starts < 10 else 20
+        guarded(results, "1. interleaved", lambda: interleaved(results, pathlib.Path(before_venv),
+                                                            rounds))  # fmt: skip
+    work = TmuxWork(results, (1, 10, 100, 1000), counts.fast_heartbeats)
     try:
-        print("6. tmux work per heartbeat ...")
-        guarded(results, "6. tmux work", work.measure)
+        print("8. tmux work per heartbeat ...")
+        guarded(results, "8. tmux work", work.measure)
+        print(f"5. memory after {counts.driver_heartbeats} heartbeats ...")
+        guarded(
+            results, "5. memory (driver)", lambda: work.many_heartbeats(counts.driver_heartbeats)
+        )
     finally:
         work.close()
-    print("5. crash loop of an agent that exits at once ...")
-    guarded(results, "5. crash loop", lambda: crash_loop(results))
+    print("7. crash loop of an agent that exits at once ...")
+    guarded(results, "7. crash loop", lambda: crash_loop(results))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in ("all", "service"):
         run_service(results, counts)
     if args.only in ("all", "tmux"):
-        run_tmux(results, args.quick)
+        run_tmux(results, counts, args.before_venv)
     elapsed = time.monotonic() - begun
     if not results.rows:
         results.rows.append(Row("-", "nothing measured", "-", "-", "-", "see problems"))
@@ -138,8 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write:
         facts = machine_facts(sys.executable)
         method = dataclasses.asdict(counts)
+        before = None
+        if args.before:
+            rows = measured_rows(pathlib.Path(args.before).read_text())
+            before = (args.before_label, rows)
         text = markdown(
             results,
+            before=before,
+            missed=MISSED,
             date=date,
             elapsed=elapsed,
             facts=facts,
@@ -149,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                 "beats": method["fast_heartbeats"],
                 "lifecycle": method["lifecycle"],
                 "spacing": method["kill_spacing"],
+                "driver": method["driver_heartbeats"],
             },
         )
         pathlib.Path(args.output).write_text(text)

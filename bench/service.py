@@ -8,10 +8,14 @@ READY=1 at once and then sleeps, and ``bench-sleep.service`` (``sleep infinity``
 
 from __future__ import annotations
 
+import compileall
+import contextlib
 import dataclasses
 import json
+import math
 import os
 import pathlib
+import resource
 import shutil
 import time
 import typing as t
@@ -57,6 +61,10 @@ BASELINE_UNITS = {
         "[Unit]\nDescription=bench baseline: sleep\n[Service]\nExecStart=/bin/sleep infinity\n"
     ),
 }
+STDLIB_FLOOR = "typing, dataclasses, enum, logging, pathlib, tomllib, json, subprocess, selectors"
+"""Standard modules gtd's design rests on (tomllib alone pulls in typing)."""
+WATCHDOG_SEC = 30.0
+"""The packaged unit's WatchdogSec=: gtd pings every half of it."""
 IDLE_CPU_TARGET = 0.001
 """'Idle CPU about 0' read as: under 0.1 % of one CPU (60 ms of CPU per minute)."""
 
@@ -71,6 +79,7 @@ class Counts:
     healthy_kills: int = 10
     quick_kills: int = 3
     lifecycle: int = 20
+    driver_heartbeats: int = 1000
     kill_spacing: float = 10.6
     """Seconds a fresh deacon runs before it is killed: past gtd's startsecs of 10 s."""
 
@@ -108,10 +117,19 @@ class ServiceBench:
     def setup(self, venv: pathlib.Path) -> None:
         """Fake agent, config, ``gtd units install``, the baseline units."""
         self.venv = venv
+        # As an installed package would be: without .pyc files the user (who cannot
+        # write them here) would compile every module at each start.
+        compileall.compile_dir(str(REPO / "gtd"), quiet=1)
         # A sandbox home outlives the manager: drop-ins or a town left by an earlier
         # (or interrupted) run would change what is measured.
         for unit in (DAEMON, TMUX_UNIT, *BASELINE_UNITS):
             shutil.rmtree(self.um.unit_dir / f"{unit}.d", ignore_errors=True)
+        # A pane holds a descriptor in the tmux server: 1,000 extra sessions need more
+        # than the soft limit of 1,024 the user manager gives (tmux then spins on accept).
+        self.um.write_file(
+            self.um.unit_dir.relative_to(self.um.home) / f"{TMUX_UNIT}.d" / "bench-nofile.conf",
+            "[Service]\nLimitNOFILE=16384\n",
+        )
         shutil.rmtree(self.root, ignore_errors=True)
         self.cursor = self.um.journal_cursor()
         fake = self.um.home / "fake"
@@ -127,8 +145,11 @@ class ServiceBench:
         if dropins:
             self.results.problems.append(f"{DAEMON} has drop-ins: {dropins}")
 
-    def write_config(self, heartbeat: str) -> None:
-        """The daemon's config: the fake agent, a private tmux socket, no gt mail."""
+    def write_config(self, heartbeat: str, agents: t.Sequence[str] = ("deacon",)) -> None:
+        """The daemon's config: the fake agent, a private tmux socket, no gt mail.
+
+        *agents* are supervised; the deacon (always the first) is the one poked.
+        """
         node = self.um.home / "fake" / "node"
         agent = self.um.home / "fake" / "agent.py"
         command = f"{node} {agent} --log {self.root / 'agent.log'}"
@@ -136,9 +157,10 @@ class ServiceBench:
             ".config/gastown/daemon.toml",
             f"town_root = {json.dumps(str(self.root))}\n"
             f'heartbeat_interval = "{heartbeat}"\n'
-            f'[agent]\ncommand = {json.dumps(command)}\nalive_commands = ["node"]\n'
+            f'[agent]\ncommand = {json.dumps(command)}\nalive_commands = ["node"]\nui = "plain"\n'
             f'[tmux]\nsocket = "{self.socket}"\n'
-            '[lifecycle]\ngt_command = ""\n',
+            '[lifecycle]\ngt_command = ""\n'
+            f'[supervise]\nagents = {json.dumps(list(agents))}\npoke = ["deacon"]\n',
         )
 
     def make_dirs(self, path: pathlib.Path) -> None:
@@ -232,7 +254,7 @@ class ServiceBench:
     # -- 1. start to READY -----------------------------------------------------------
 
     def start_latency(self) -> None:
-        """Target 1: ``systemctl --user start gastown-daemon`` returns within 300 ms."""
+        """Target 1: fork → READY=1 within twice a bare python notify unit's."""
         res = self.results
         cold, cold_inner = self.start(DAEMON)
         self.last_deacon_start = time.monotonic()
@@ -253,34 +275,36 @@ class ServiceBench:
                 wall.append(w)
                 if i is not None:
                     inner.append(i)
-        p90 = percentile(gtd, 90)
-        res.add(
-            Row(
-                "1. start → READY",
-                "`systemctl --user start` wall time (tmux unit up, deacon alive)",
-                "≤ 300 ms",
-                summary(gtd),
-                f"python3 notify unit: {summary(base)}",
-                f"p90 {'within' if p90 <= 0.3 else 'over'} 300 ms; gtd's own share ≈ "
-                f"{ms(percentile(gtd, 50) - percentile(base, 50))} (p50 minus baseline p50)",
-                p90 <= 0.3,
-            )
-        )
         if gtd_inner and base_inner:
+            limit = 2 * percentile(base_inner, 50)
+            p50 = percentile(gtd_inner, 50)
             res.add(
                 Row(
-                    "1. start → READY",
-                    "fork → READY=1 (systemd's InactiveExit → ActiveEnter timestamps)",
-                    "≤ 300 ms",
+                    "1. exec → READY",
+                    "fork → READY=1 (systemd's InactiveExit → ActiveEnter timestamps; tmux "
+                    "unit up, deacon alive)",
+                    "p50 ≤ 2x the python notify unit's",
                     summary(gtd_inner),
                     f"python3 notify unit: {summary(base_inner)}",
-                    "the same start without systemctl's client round trip",
-                    percentile(gtd_inner, 90) <= 0.3,
+                    f"p50 {p50 / percentile(base_inner, 50):.1f}x the baseline's "
+                    f"(limit {ms(limit)})",
+                    p50 <= limit,
                 )
             )
         res.add(
             Row(
-                "1. start → READY",
+                "1. exec → READY",
+                "`systemctl --user start` wall time (the same starts, client round trip included)",
+                "(informational)",
+                summary(gtd),
+                f"python3 notify unit: {summary(base)}",
+                f"gtd's own share ≈ {ms(percentile(gtd, 50) - percentile(base, 50))} "
+                "(p50 minus baseline p50)",
+            )
+        )
+        res.add(
+            Row(
+                "1. exec → READY",
                 "first start: also starts gastown-tmux.service and creates the deacon",
                 "(informational)",
                 ms(cold) + (f" (fork → READY {ms(cold_inner)})" if cold_inner else ""),
@@ -294,35 +318,56 @@ class ServiceBench:
         self._import_cost()
 
     def _import_cost(self) -> None:
-        """How much of a start is the interpreter and gtd's imports (detail lines)."""
-        gtd = str(self.venv / "bin" / "gtd")
-        runs: dict[str, list[float]] = {"python3 -c pass": [], "gtd --version": []}
-        for _ in range(5):
-            for label, argv in (
-                ("python3 -c pass", ["/usr/bin/python3", "-c", "pass"]),
-                ("gtd --version", [gtd, "--version"]),
-            ):
-                begun = time.perf_counter()
+        """Where a start's time goes: the interpreter, the stdlib gtd needs, gtd's modules."""
+        python = str(self.venv / "bin" / "python")
+        cases = {
+            "python3 -c pass": ["/usr/bin/python3", "-c", "pass"],
+            "python3 importing the stdlib gtd cannot do without": [
+                "/usr/bin/python3", "-c", f"import {STDLIB_FLOOR}"],
+            "python importing what `gtd run` imports": [
+                python, "-c", "import gtd.cli, gtd.daemon, gtd.control"],
+        }  # fmt: skip
+        cpu: dict[str, list[float]] = {k: [] for k in cases}
+        for _ in range(7):
+            for label, argv in cases.items():
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 self.user.run(*argv)
-                runs[label].append(time.perf_counter() - begun)
-        for label, values in runs.items():
-            self.results.detail(f"`{label}` as the user: {summary(values, p90=False)}")
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu[label].append(
+                    after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+                )
+        p50 = {k: percentile(v, 50) for k, v in cpu.items()}
+        labels = list(cases)
+        self.results.add(
+            Row(
+                "1. exec → READY",
+                "CPU of a process that only imports (p50 of 7): " + "; ".join(labels),
+                "(informational)",
+                " / ".join(ms(p50[k]) for k in labels),
+                f"stdlib floor: {STDLIB_FLOOR}",
+                f"the imports alone are {p50[labels[2]] / p50[labels[0]]:.1f}x a bare python; "
+                f"the stdlib gtd needs is {p50[labels[1]] / p50[labels[0]]:.1f}x",
+            )
+        )
 
     # -- 2 and 3. idle CPU and memory ----------------------------------------------------
 
     def idle_and_memory(self) -> None:
-        """Targets 2 and 3: CPU and wakeups while idle; RSS after start and after heartbeats."""
+        """Targets 5 and 6: RSS after start; CPU and wake-ups while idle."""
         res = self.results
         main = self.main_pid()
         self.wait_heartbeats(main, 0)
         self.user.systemctl("start", NOTIFY_UNIT, SLEEP_UNIT)
-        time.sleep(1.0)  # let the startup poke's last tmux child be reaped
+        # Idle means nothing due: the deacon (just restarted by target 2) past gtd's
+        # startsecs of 10 s, when its guard deadline fires and its state is saved.
+        time.sleep(max(1.0, self.last_deacon_start + self.counts.kill_spacing - time.monotonic()))
         notify_pid, sleep_pid = self.main_pid(NOTIFY_UNIT), self.main_pid(SLEEP_UNIT)
         after_start = memory(main)
         base_mem = memory(notify_pid)
         units = {DAEMON: main, NOTIFY_UNIT: notify_pid, SLEEP_UNIT: sleep_pid}
         cgroups = {u: self.user.show(u, "ControlGroup").get("ControlGroup") for u in units}
         before = {u: sample(p, cgroups[u]) for u, p in units.items()}
+        before_children = {pid: _switches(pid) for pid in children(main)}
         begun = time.monotonic()
         time.sleep(self.counts.idle_seconds)
         after = {u: sample(p, cgroups[u]) for u, p in units.items()}
@@ -331,9 +376,11 @@ class ServiceBench:
             res.problems.append("gastown-daemon's MainPID changed during the idle window")
         rates = {u: _rates(before[u], after[u], window) for u in units}
         cpu, wake = rates[DAEMON]
+        pings = window / (WATCHDOG_SEC / 2)
+        woke = after[DAEMON].voluntary - before[DAEMON].voluntary
         res.add(
             Row(
-                "2. idle CPU",
+                "6. idle",
                 f"CPU of the daemon's cgroup over {window:.0f} s idle (heartbeat 300 s)",
                 "≈ 0 (read: < 60 ms/min, 0.1 %)",
                 f"{cpu * 60 * 1000:.1f} ms/min ({cpu * 100:.3f} %)",
@@ -346,13 +393,16 @@ class ServiceBench:
         )
         res.add(
             Row(
-                "2. idle CPU",
-                "wakeups (voluntary context switches, all threads) per minute",
-                "(informational)",
-                f"{wake * 60:.1f}/min",
-                f"python3 notify unit {rates[NOTIFY_UNIT][1] * 60:.1f}/min; "
-                f"sleep unit {rates[SLEEP_UNIT][1] * 60:.1f}/min",
-                "WatchdogSec=30s means a ping every 15 s: 4 wakeups/min is the floor",
+                "6. idle",
+                "wake-ups of the daemon (voluntary context switches, all threads)",
+                f"only the watchdog's (WatchdogSec={WATCHDOG_SEC:g}s: a ping every "
+                f"{WATCHDOG_SEC / 2:g} s)",
+                f"{woke} in {window:.0f} s ({wake * 60:.1f}/min)",
+                f"watchdog pings due: {pings:.1f}; python3 notify unit "
+                f"{rates[NOTIFY_UNIT][1] * 60:.1f}/min; sleep unit "
+                f"{rates[SLEEP_UNIT][1] * 60:.1f}/min",
+                "nothing but the pings" if woke <= math.ceil(pings) else "more than the pings",
+                woke <= math.ceil(pings),
             )
         )
         for unit in units:
@@ -364,55 +414,35 @@ class ServiceBench:
                 f"voluntary {a.voluntary - b.voluntary}, "
                 f"involuntary {a.involuntary - b.involuntary}"
             )
+        for pid in children(main):
+            res.detail(f"daemon child {pid} ({comm(pid)}) over the idle window: "
+                       f"{_wakes(pid, before_children.get(pid))}")  # fmt: skip
         after_idle = memory(main)
         res.add(
             Row(
-                "3. memory",
+                "5. memory",
                 "daemon main PID VmRSS / VmHWM after start (and after the idle window)",
-                "RSS ≤ 40 MB",
+                "RSS ≤ 16 MB",
                 f"{mb(after_start['VmRSS'])} / {mb(after_start['VmHWM'])} "
                 f"({mb(after_idle['VmRSS'])} / {mb(after_idle['VmHWM'])})",
                 f"python3 notify unit {mb(base_mem['VmRSS'])} / {mb(base_mem['VmHWM'])}",
                 f"gtd's own ≈ {mb(after_start['VmRSS'] - base_mem['VmRSS'])} over bare python",
-                after_idle["VmHWM"] <= 40 * 1024,
+                after_idle["VmRSS"] <= 16 * 1024,
             )
         )
-        self._fast_heartbeats(main, base_mem)
-
-    def _fast_heartbeats(self, main: int, base_mem: dict[str, int]) -> None:
-        """RSS after a few 1 s heartbeats (reload with heartbeat_interval = 1s)."""
-        res = self.results
-        count = int(self.state().get("heartbeat_count", 0))
-        self.write_config("1s")
-        self.user.systemctl("reload", DAEMON)
-        cgroup = self.user.show(DAEMON, "ControlGroup").get("ControlGroup")
-        before = sample(main, cgroup)
-        begun = time.monotonic()
-        reached = self.wait_heartbeats(main, count + self.counts.fast_heartbeats - 1, 60)
-        window = time.monotonic() - begun
-        after = sample(main, cgroup)
-        mem = memory(main)
-        self.write_config("300s")
-        self.user.systemctl("reload", DAEMON)
-        beats = reached - count
-        cpu = (_delta_seconds(before, after)) / max(beats, 1)
+        helpers = [(pid, comm(pid), memory(pid)) for pid in children(main)]
         res.add(
             Row(
-                "3. memory",
-                f"VmRSS / VmHWM after {beats} heartbeats at 1 s (poke included)",
-                "RSS ≤ 40 MB",
-                f"{mb(mem['VmRSS'])} / {mb(mem['VmHWM'])}",
-                f"python3 notify unit {mb(base_mem['VmRSS'])} / {mb(base_mem['VmHWM'])}",
-                "no growth per heartbeat" if mem["VmRSS"] <= base_mem["VmRSS"] + 40 * 1024 else "",
-                mem["VmHWM"] <= 40 * 1024,
+                "5. memory",
+                "the daemon's long-lived children (VmRSS each)",
+                "(informational)",
+                "; ".join(f"{name} {mb(m['VmRSS'])}" for _, name, m in helpers) or "none",
+                "-",
+                "a tmux control client (its own process, shared text with the tmux server)"
+                if helpers
+                else "a tmux process per call, none between calls",
             )
         )
-        res.detail(
-            f"{beats} heartbeats at 1 s took {window:.1f} s; CPU per heartbeat "
-            f"(cgroup, tmux children included) {cpu * 1000:.1f} ms"
-        )
-        if self.main_pid() != main:
-            res.problems.append("gastown-daemon restarted during the 1 s heartbeat phase")
 
 
 def _delta(a: int | None, b: int | None) -> str:
@@ -429,3 +459,36 @@ def _delta_seconds(before: ProcSample, after: ProcSample) -> float:
 def _rates(before: ProcSample, after: ProcSample, window: float) -> tuple[float, float]:
     """(CPU fraction of one core, voluntary context switches per second)."""
     return _delta_seconds(before, after) / window, (after.voluntary - before.voluntary) / window
+
+
+def children(pid: int) -> list[int]:
+    """The live children of *pid* (every thread's)."""
+    kids: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in pathlib.Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                kids += [int(x) for x in (task / "children").read_text().split()]
+    return sorted(kids)
+
+
+def comm(pid: int) -> str:
+    """A process's name, or ``?`` when it is gone."""
+    try:
+        return pathlib.Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def _switches(pid: int) -> int | None:
+    """Voluntary context switches of *pid* (all threads), or None when it is gone."""
+    try:
+        return sample(pid).voluntary
+    except OSError:
+        return None
+
+
+def _wakes(pid: int, before: int | None) -> str:
+    now = _switches(pid)
+    if now is None or before is None:
+        return "not there for the whole window"
+    return f"{now - before} wake-ups"

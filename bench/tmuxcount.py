@@ -1,4 +1,4 @@
-"""Target 6: the daemon's tmux work per heartbeat does not grow with the number of sessions.
+"""Target 8: the daemon's tmux work per heartbeat does not grow with the number of sessions.
 
 ``gtd -v run`` runs directly (no systemd) with a 1 s heartbeat against a private
 tmux server holding 1, 10 and 100 extra sessions. ``tmux`` on its PATH is a
@@ -11,6 +11,7 @@ call) is counted the same way, as a cross-check.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pathlib
 import re
@@ -24,7 +25,7 @@ import threading
 import time
 import typing as t
 
-from bench.common import Results, Row, Table, median
+from bench.common import Results, Row, Table, mb, median
 from tests.sandbox import retry_until
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -146,7 +147,7 @@ class PrivateTmux:
         """``gtd run``'s config: this server, no gt mail."""
         self.config.write_text(
             f'town_root = "{self.tmp / "town"}"\nheartbeat_interval = "{heartbeat}"\n'
-            f'[agent]\ncommand = "{command}"\nalive_commands = ["node"]\n'
+            f'[agent]\ncommand = "{command}"\nalive_commands = ["node"]\nui = "plain"\n'
             f'[tmux]\nsocket = "{self.socket}"\n[lifecycle]\ngt_command = ""\n'
         )
 
@@ -222,16 +223,17 @@ class TmuxWork(PrivateTmux):
 
     def grow(self, total: int) -> None:
         """Add extra ``sleep infinity`` sessions until there are *total* of them."""
-        argv: list[str] = []
-        for k in range(self.extra, total):
-            argv += [*([";"] if argv else []), "new-session", "-d", "-s", f"extra-{k}",
-                     "sleep", "infinity"]  # fmt: skip
-        if argv:
+        while self.extra < total:
+            batch = range(self.extra, min(total, self.extra + 100))
+            argv: list[str] = []
+            for k in batch:
+                argv += [*([";"] if argv else []), "new-session", "-d", "-s", f"extra-{k}",
+                         "sleep", "infinity"]  # fmt: skip
             proc = self.tmux(*argv)
             if proc.returncode != 0:
                 msg = f"could not create sessions: {proc.stderr.strip()}"
                 raise RuntimeError(msg)
-        self.extra = total
+            self.extra = batch.stop
 
     def one(self, total: int) -> dict[str, t.Any]:
         """Run the daemon for a few heartbeats with *total* extra sessions; count its tmux."""
@@ -263,17 +265,19 @@ class TmuxWork(PrivateTmux):
         self.start_server()
         rows: list[list[str]] = []
         medians: dict[int, float] = {}
+        commands: dict[int, float] = {}
         listings: dict[int, set[int]] = {}
         for n in self.sessions:
             got = self.one(n)
             steady = got["wrapped"][1:]
             blocks = got["blocks"][1:]
             medians[n] = median(steady)
+            commands[n] = median(got["logged"][1:])
             listings[n] = {sum(1 for c in b if c not in POKE_SUBCOMMANDS) for b in blocks}
             sessions = n + 1  # the extras plus gt-deacon
             rows.append([
                 str(n), str(len(steady)), f"{medians[n]:g} ({min(steady)}-{max(steady)})",
-                f"{median(got['logged'][1:]):g}", str(got["wrapped"][0]),
+                f"{commands[n]:g}", str(got["wrapped"][0]),
                 "/".join(str(x) for x in sorted(listings[n])),
                 str(UPSTREAM_PER_HEARTBEAT), str(per_session_model(sessions)),
             ])  # fmt: skip
@@ -281,33 +285,83 @@ class TmuxWork(PrivateTmux):
             for sub in blocks[-1] if blocks else []:
                 breakdown[sub] = breakdown.get(sub, 0) + 1
             res.detail(
-                f"n={n}: per heartbeat (wrapper) {got['wrapped']}, (gtd log) {got['logged']}; "
-                f"invocations {got['total']} wrapper vs {got['logged_total']} log lines "
-                f"(the tail after the last heartbeat included); last heartbeat: {breakdown}"
+                f"n={n}: tmux processes per heartbeat (wrapper) {got['wrapped']}, tmux commands "
+                f"(gtd log) {got['logged']}; processes {got['total']} in all vs "
+                f"{got['logged_total']} commands (the tail after the last heartbeat included); "
+                f"last heartbeat: {breakdown}"
             )
         res.tables.append(
             Table(
-                "6. tmux invocations per heartbeat (gtd run, heartbeat 1 s, real tmux via a "
-                "counting wrapper)",
-                ["extra sessions", "heartbeats", "tmux calls/heartbeat, median (min-max)",
-                 "gtd debug log, median", "startup heartbeat", "listing calls (not poke)",
-                 "upstream 9afd6c557 (computed)", "per-session probing 2·s+4 (computed)"],
+                "8. tmux work per heartbeat (gtd run, heartbeat 1 s, real tmux via a counting "
+                "wrapper)",
+                [
+                    "extra sessions",
+                    "heartbeats",
+                    "tmux processes/heartbeat, median (min-max)",
+                    "tmux commands/heartbeat (gtd log), median",
+                    "processes in the startup heartbeat",
+                    "listing commands (not poke)",
+                    "upstream 9afd6c557 processes (computed)",
+                    "per-session probing 2·s+4 (computed)",
+                ],
                 rows,
             )
         )  # fmt: skip
         first, last = self.sessions[0], self.sessions[-1]
-        growth = medians[last] - medians[first]
+        growth = commands[last] - commands[first]
         flat = listings[first] == listings[last] and len(listings[last]) == 1
         res.add(
             Row(
-                "6. tmux work",
-                f"tmux invocations per heartbeat, {first} → {last} extra sessions (median)",
+                "8. tmux work",
+                f"tmux commands per heartbeat, {first} → {last} extra sessions (median)",
                 "constant in the number of sessions",
-                " → ".join(f"{medians[n]:g}" for n in self.sessions),
+                " → ".join(f"{commands[n]:g}" for n in self.sessions),
                 f"upstream {UPSTREAM_PER_HEARTBEAT} for any n (deacon only); per-session probing "
                 + " → ".join(str(per_session_model(n + 1)) for n in self.sessions),
                 f"{'constant' if flat and growth <= 1 else 'grows'}: one list-panes -a per "
                 "heartbeat; the rest is the poke (send-keys + cursor checks)",
                 flat and growth <= 1,
+            )
+        )
+        res.add(
+            Row(
+                "8. tmux work",
+                "tmux processes started per heartbeat (median over the settings)",
+                "(informational)",
+                " → ".join(f"{medians[n]:g}" for n in self.sessions),
+                f"upstream {UPSTREAM_PER_HEARTBEAT} (a process per tmux command)",
+                "0: the commands go through the one control-mode client started with the daemon"
+                if max(medians.values()) == 0
+                else "a process per tmux command",
+            )
+        )
+
+    def many_heartbeats(self, count: int) -> None:
+        """Target 5's second half: VmRSS after *count* heartbeats back to back (bench.driver)."""
+        self.grow(max(self.extra, 1))
+        proc = subprocess.run(
+            [sys.executable, "-m", "bench.driver", str(self.config), str(count)],
+            env=self.env, cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=60 + count, check=False,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            msg = f"bench.driver failed: {proc.stderr.strip()[-500:]}"
+            raise RuntimeError(msg)
+        got = json.loads(proc.stdout.strip().splitlines()[-1])
+        first, last, beats = got["after_first"], got["after_last"], got["heartbeats"]
+        self.results.add(
+            Row(
+                "5. memory",
+                f"VmRSS / VmHWM after the first heartbeat and after {beats} more, back to back "
+                f"(`python -m bench.driver`: gtd run's modules, loop and pokes; {self.extra} "
+                "extra sessions)",
+                "RSS ≤ 16 MB after 1,000 heartbeats",
+                f"{mb(first['VmRSS'])} / {mb(first['VmHWM'])} → {mb(last['VmRSS'])} / "
+                f"{mb(last['VmHWM'])}",
+                "-",
+                f"growth {mb(last['VmRSS'] - first['VmRSS'])} over {beats} heartbeats; "
+                f"{got['cpu_s'] / max(beats, 1) * 1000:.1f} ms CPU and "
+                f"{got['tmux_commands_per_heartbeat']:.1f} tmux commands per heartbeat",
+                last["VmRSS"] <= 16 * 1024,
             )
         )

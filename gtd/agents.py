@@ -266,7 +266,7 @@ def start_agent(
         msg = f"workdir of {identity.dash} does not exist: {workdir}"
         raise WorkdirMissing(msg)
     if panes is None:
-        panes = tmux.list_panes()
+        panes = tmux.list_panes(prefix=identity.session)
     pane = agent_pane(panes, identity)
     argv = spawn_argv(identity, config, path)
     env = identity.env()
@@ -297,7 +297,9 @@ def stop_agent(tmux: Tmux, identity: Identity, *, whole_session: bool = False) -
 
     Returns whether anything was there to stop.
     """
-    panes = [p for p in tmux.list_panes() if p.session_name == identity.session]
+    panes = [
+        p for p in tmux.list_panes(prefix=identity.session) if p.session_name == identity.session
+    ]
     pane = agent_pane(panes, identity)
     if pane is None:
         return False

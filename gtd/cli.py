@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import faulthandler
-import getpass
 import json
 import logging
 import os
@@ -326,9 +325,41 @@ def create_tmux_server_subparser(sub: Subparsers[argparse.ArgumentParser]) -> No
     )
 
 
+def parse_run(argv: t.Sequence[str]) -> Namespace | None:
+    """``gtd [--config PATH] [-v] run`` read by hand; None for anything else.
+
+    The daemon's start skips building the whole argparse parser (every
+    subcommand's, a few ms of the exec → READY path); any other form, help and
+    errors included, goes to argparse as before.
+
+    >>> args = parse_run(["--config", "x", "-v", "run"])
+    >>> (args.config, args.verbose, args.command) if args else None
+    ('x', True, 'run')
+    >>> [parse_run(a) for a in (["run", "-h"], ["--conf", "x", "run"], ["--config", "-v", "run"])]
+    [None, None, None]
+    """
+    if not argv or argv[-1] != "run":
+        return None
+    args = Namespace(config=None, verbose=False, command="run")
+    rest = list(argv[:-1])
+    while rest:
+        arg = rest.pop(0)
+        if arg in ("-v", "--verbose"):
+            args.verbose = True
+        elif arg == "--config" and rest and not rest[0].startswith("-"):
+            args.config = rest.pop(0)
+        elif arg.startswith("--config="):
+            args.config = arg.partition("=")[2]
+        else:
+            return None
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gtd`` script; returns the exit status."""
-    args = create_parser().parse_args(argv, namespace=Namespace())
+    args = parse_run(sys.argv[1:] if argv is None else argv) or create_parser().parse_args(
+        argv, namespace=Namespace()
+    )
     setup_logging(logging.DEBUG if args.verbose else logging.INFO)
     commands: dict[str, t.Callable[[Namespace], int]] = {
         "run": command_run,
@@ -510,6 +541,8 @@ def command_units(args: Namespace) -> int:
             f"units in {unit_dir} run {gtd} for town {cfg.town_root}"
             + ("; enabled and started" if args.now else "")
         )
+        import getpass
+
         user = getpass.getuser()
         lingers = systemd.linger(user)
         if lingers is False:
@@ -532,6 +565,8 @@ def command_units(args: Namespace) -> int:
 def command_request(args: Namespace) -> int:
     """Queue a request, wake the daemon through systemd, print the id."""
     cfg, _, _ = load(args)
+    import getpass  # only here: not in the daemon's start
+
     sender = os.environ.get("BD_ACTOR") or os.environ.get("GT_ROLE") or f"user:{getpass.getuser()}"
     identity, action = parse_identity(args.identity), parse_action(args.action)
     if args.force:

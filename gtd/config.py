@@ -10,7 +10,6 @@ default file are all derived from those fields, so a new key is one field.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import pathlib
 import shlex
 import stat
@@ -217,6 +216,8 @@ def _check_keys(
 ) -> None:
     for key in table:
         if key not in known:
+            import difflib  # only to name a misspelt key
+
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""
             where = f"in [{section}]" if section else "at the top level"

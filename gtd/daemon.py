@@ -27,7 +27,7 @@ from gtd.actions import AgentActor
 from gtd.config import Config, read_config
 from gtd.events import Event
 from gtd.exc import CommandNotFound, ConfigError, GtdError, NoServer, Stopping, TmuxError
-from gtd.identities import DEACON, Identity
+from gtd.identities import DEACON, SESSION_PREFIX, Identity
 from gtd.lifecycle import Processor, SpoolSource
 from gtd.loop import Loop, stop_requested
 from gtd.mail import MailSource
@@ -182,6 +182,7 @@ class Daemon:
             self.notifier.stopping("stopping; agents keep running")
         for sup in self.supervisors.values():
             sup.unwatch()
+        self.tmux.close()
         self.state.running = False
         with contextlib.suppress(OSError):
             self._save_state()
@@ -241,6 +242,7 @@ class Daemon:
         self.problems.pop("reload", None)
         if moved:
             # Agents on the old server are left alone; they are ensured on the new one.
+            self.tmux.close()
             self.tmux = self._make_tmux(new.tmux.socket)
             for sup in self.supervisors.values():
                 sup.reset()
@@ -255,10 +257,10 @@ class Daemon:
         self.notifier.ready(self.status_text())
 
     def _make_tmux(self, socket: str) -> Tmux:
-        """A tmux client whose timeout fits well inside the watchdog period."""
+        """A tmux control client whose timeout fits well inside the watchdog period."""
         interval = self.notifier.watchdog_interval
         timeout = DEFAULT_TIMEOUT if interval is None else min(DEFAULT_TIMEOUT, interval / 3)
-        return Tmux(socket, timeout=max(timeout, 0.5))
+        return Tmux(socket, timeout=max(timeout, 0.5), control=True)
 
     # -- the heartbeat -------------------------------------------------------------
 
@@ -314,10 +316,10 @@ class Daemon:
         """
         try:
             try:
-                panes = self.tmux.list_panes(missing_ok=False)
+                panes = self.tmux.list_panes(missing_ok=False, prefix=SESSION_PREFIX)
             except NoServer:
                 self.ensure_tmux()
-                panes = self.tmux.list_panes()
+                panes = self.tmux.list_panes(prefix=SESSION_PREFIX)
         except Stopping:
             raise
         except GtdError as err:
@@ -396,12 +398,13 @@ class Daemon:
         self._save_state()
 
     def _hold(self, identity: Identity) -> None:
-        if (sup := self.supervisors.get(identity)) is not None:
+        if (sup := self.supervisors.get(identity)) is not None and not sup.state.held:
             sup.hold()
             self._held_changed = True
 
     def _release(self, identity: Identity) -> None:
-        if (sup := self.supervisors.get(identity)) is not None:
+        # Only a change is saved: a cycle of an agent that was not held writes nothing.
+        if (sup := self.supervisors.get(identity)) is not None and sup.state.held:
             sup.release()
             self._held_changed = True
 

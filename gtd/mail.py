@@ -10,15 +10,13 @@ comes first.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
-import shutil
 import typing as t
 
 from gtd import proc
-from gtd.environment import sandbox_hint
+from gtd.environment import sandbox_hint, which
 from gtd.events import Event
 from gtd.exc import IdentityError, MailError
 from gtd.identities import parse_identity
@@ -90,6 +88,8 @@ def mail_request(msg: t.Mapping[str, t.Any], now: str) -> Request | Refused | No
         raise ValueError(problem)
     clean = re.sub(r"[^A-Za-z0-9_-]", "_", mail_id)[:80]
     if clean != mail_id:
+        import hashlib  # rare: only ids with other characters (hashlib costs 4 MB of RSS)
+
         clean += "-" + hashlib.sha256(mail_id.encode()).hexdigest()[:8]
     rid, sender = f"mail-{clean}", sender if isinstance(sender, str) else ""
     action = body_action(body) if isinstance(body, str) else None
@@ -145,7 +145,7 @@ class MailSource:
         self.listed = None
         if not self.argv:
             return []
-        if shutil.which(self.argv[0], path=self.env.get("PATH")) is None:
+        if which(self.argv[0], self.env.get("PATH")) is None:
             level = logging.DEBUG if self.gt_missing else logging.WARNING
             logger.log(level, "gt mail source skipped: %r not found", self.argv[0])
             self.gt_missing = True

@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
+import os
 import re
-import secrets
 import time
 import typing as t
 
@@ -118,7 +118,7 @@ class Refused:
 
 def new_id() -> str:
     """A fresh request id; ids sort in creation order."""
-    return f"{time.time_ns():020d}-{secrets.token_hex(4)}"
+    return f"{time.time_ns():020d}-{os.urandom(4).hex()}"
 
 
 def file_id(name: str) -> str | None:

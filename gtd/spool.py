@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import pathlib
-import shutil
 import stat
 import time
 import typing as t
@@ -258,6 +257,8 @@ class Spool:
                 path = self.root / directory / name
                 with contextlib.suppress(OSError):
                     if path.is_dir() and not path.is_symlink():
+                        import shutil  # rare: a stale temp directory
+
                         shutil.rmtree(path)
                     else:
                         path.unlink()

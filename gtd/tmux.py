@@ -6,6 +6,12 @@ tmux server would then stall the daemon's loop and its watchdog ping. So calls g
 through :meth:`Tmux.run`, which adds ``-N`` (never start a server: the server lives
 in ``gastown-tmux.service``, not in the daemon's cgroup), ``-u`` (format output is
 UTF-8 whatever the locale, so the field separator survives) and ``timeout=``.
+
+Two transports behind the same :meth:`Tmux.run`: a tmux process per call (the
+CLI's few calls), or, with ``control=True`` (the daemon), the commands of one
+persistent control-mode client (:class:`~gtd.control.ControlClient`), which falls back to a process
+per call for a while when it cannot connect for another reason than a missing
+server.
 """
 
 from __future__ import annotations
@@ -14,9 +20,12 @@ import collections
 import dataclasses
 import logging
 import os
-import shutil
+import time
 import typing as t
 
+from gtd.control import SESSION as CONTROL_SESSION
+from gtd.control import ControlClient, Unavailable
+from gtd.environment import which
 from gtd.exc import NoServer, TmuxError, TmuxNotFound, TmuxTimeout
 from gtd.proc import Result, Timeout
 from gtd.proc import run as run_bounded
@@ -41,6 +50,8 @@ SCREEN_FIELDS = ("cursor_x", "cursor_y", "pane_width", "pane_height", "pane_in_m
 SCREEN_FORMAT = SEP.join(f"#{{{f}}}" for f in SCREEN_FIELDS)
 
 DEFAULT_TIMEOUT = 5.0
+CONTROL_RETRY = 300.0
+"""Seconds a control client that could not connect is left alone (calls spawn meanwhile)."""
 
 # Variables of the caller that must not reach tmux (and through it, agents).
 CLIENT_ENV_DROP = frozenset(
@@ -71,17 +82,21 @@ class CursorLine:
     x: int
 
 
-def parse_panes(stdout: str) -> list[PaneInfo]:
+def parse_panes(stdout: str, prefix: str = "") -> list[PaneInfo]:
     r"""Parse ``list-panes -a -F PANE_FORMAT`` output; lines that do not fit are skipped.
+
+    Only sessions whose name starts with *prefix* are read (the rest cost nothing).
 
     >>> [pane] = parse_panes("gt-deacon\u241e%1\u241e42\u241e0\u241edeacon\u241enode\n")
     >>> pane.pane_id, pane.pane_pid, pane.dead, pane.agent, pane.current_command
     ('%1', 42, False, 'deacon', 'node')
-    >>> parse_panes("junk\n")
-    []
+    >>> parse_panes("junk\n"), parse_panes("x\u241e%2\u241e7\u241e0\u241e\u241esh\n", "gt-")
+    ([], [])
     """
     panes = []
     for line in stdout.splitlines():
+        if not line.startswith(prefix):
+            continue
         parts = line.split(SEP, len(PANE_FIELDS) - 1)
         if len(parts) != len(PANE_FIELDS) or not parts[2].isdigit():
             continue
@@ -116,6 +131,11 @@ def _literal(arg: str) -> str:
     return arg[:-1] + "\\;" if arg.endswith(";") else arg
 
 
+def client_env() -> dict[str, str]:
+    """The environment of a tmux client: gtd's own, without what must not reach tmux."""
+    return {k: v for k, v in os.environ.items() if k not in CLIENT_ENV_DROP}
+
+
 def _missing_target(err: TmuxError) -> bool:
     """Whether tmux said the target is not there.
 
@@ -135,20 +155,29 @@ class Tmux:
         ``tmux -L`` name; ``""`` means the default server.
     timeout
         Seconds any one call may take before :class:`~gtd.exc.TmuxTimeout`.
+    control
+        Send the commands through one persistent control-mode client
+        (:class:`gtd.control.ControlClient`) instead of a process per call;
+        :meth:`close` ends it.
     """
 
-    def __init__(self, socket: str = "", *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(
+        self, socket: str = "", *, timeout: float = DEFAULT_TIMEOUT, control: bool = False
+    ) -> None:
         self.socket = socket
         self.timeout = timeout
         self._binary: str | None = None
         self.calls: collections.Counter[str] = collections.Counter()
-        """tmux processes run, by subcommand (the per-heartbeat work is measured by it)."""
+        """tmux commands run, by subcommand (the per-heartbeat work is measured by it)."""
+        self.control = control
+        self._client: ControlClient | None = None
+        self._control_after = 0.0
 
     @property
     def binary(self) -> str:
         """The tmux binary, resolved once."""
         if self._binary is None:
-            found = shutil.which("tmux")
+            found = which("tmux", os.environ.get("PATH"))
             if found is None:
                 raise TmuxNotFound from None
             self._binary = found
@@ -175,11 +204,12 @@ class Tmux:
         """
         argv = (*self.base_argv(), *args)
         limit = self.timeout if timeout is None else timeout
-        env = {k: v for k, v in os.environ.items() if k not in CLIENT_ENV_DROP}
         logger.debug("tmux %s", " ".join(args), extra={"GTD_TMUX_ARGV": " ".join(argv)})
         self.calls[args[0]] += 1
         try:
-            proc = run_bounded(argv, timeout=limit, env=env)
+            proc = self._through_control(args, limit)
+            if proc is None:
+                proc = run_bounded(argv, timeout=limit, env=client_env())
         except Timeout:
             raise TmuxTimeout(args[0], limit) from None
         if proc.returncode != 0:
@@ -188,6 +218,29 @@ class Tmux:
                 raise NoServer(stderr, subcommand=args[0])
             raise TmuxError(stderr, subcommand=args[0])
         return proc
+
+    def _through_control(self, args: t.Sequence[str], limit: float) -> Result | None:
+        """Run *args* on the control client; None when it cannot serve (spawn instead)."""
+        if not self.control or time.monotonic() < self._control_after:
+            return None
+        if self._client is None:
+            self._client = ControlClient(self.base_argv(), client_env())
+        try:
+            return self._client.run(args, timeout=limit)
+        except Unavailable as err:
+            if any(m in err.result.stderr for m in _NO_SERVER_MARKERS):
+                return err.result  # the same "no server" a one-shot client reports
+            self._control_after = time.monotonic() + CONTROL_RETRY
+            logger.warning(
+                "tmux control client unavailable (%s); one tmux process per call for %gs",
+                err, CONTROL_RETRY,
+            )  # fmt: skip
+            return None
+
+    def close(self) -> None:
+        """End the control client, if one runs (its session goes with it); idempotent."""
+        if self._client is not None:
+            self._client.close()
 
     # -- probes and listings -------------------------------------------------
 
@@ -204,11 +257,14 @@ class Tmux:
             return "no sessions" in err.stderr
         return True
 
-    def list_panes(self, *, missing_ok: bool = True) -> list[PaneInfo]:
+    def list_panes(self, *, missing_ok: bool = True, prefix: str = "") -> list[PaneInfo]:
         """Every pane of every session in one call; ``[]`` when no server runs.
 
-        With *missing_ok* false a missing server raises :class:`NoServer` instead, so
-        one call tells "no server" from "no sessions".
+        The panes of gtd's own control session are left out, and with *prefix*
+        those of sessions whose names do not start with it (the agents' ``gt-``:
+        a server with 1,000 other sessions then costs the parse of none of them).
+        With *missing_ok* false a missing server raises :class:`NoServer` instead,
+        so one call tells "no server" from "no sessions".
         """
         try:
             result = self.run("list-panes", "-a", "-F", PANE_FORMAT)
@@ -221,7 +277,8 @@ class Tmux:
             if "no sessions" in err.stderr or "no current target" in err.stderr:
                 return []
             raise
-        return parse_panes(result.stdout)
+        panes = parse_panes(result.stdout, prefix)
+        return [p for p in panes if p.session_name != CONTROL_SESSION]
 
     def pane(self, target: str) -> PaneInfo:
         """One pane (or a session's active pane) by target."""

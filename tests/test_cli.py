@@ -181,3 +181,23 @@ def test_config_check_warns_about_a_readable_secrets_file(
     env_file.chmod(0o600)
     assert 0 == cli.main(["config", "check"])
     assert f"{env_file}: line 2 is not KEY=VALUE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["run"], ["-v", "run"], ["--verbose", "run"], ["--config", "x", "run"],
+     ["--config=x", "run"], ["--config", "x", "-v", "run"], ["-v", "--config=", "run"]],
+)  # fmt: skip
+def test_run_is_read_as_argparse_reads_it(argv: list[str]) -> None:
+    """The daemon's start path (no argparse parser built) gives argparse's very namespace."""
+    fast = cli.parse_run(argv)
+    assert fast is not None
+    assert vars(cli.create_parser().parse_args(argv, namespace=cli.Namespace())) == vars(fast)
+
+
+@pytest.mark.parametrize(
+    "argv", [["run", "--help"], ["--conf", "x", "run"], ["--config", "-v", "run"], ["status"]]
+)
+def test_other_forms_go_to_argparse(argv: list[str]) -> None:
+    """Abbreviations, help, odd values and other commands are left to argparse."""
+    assert cli.parse_run(argv) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import signal
 import time
 
 import pytest
@@ -47,3 +48,26 @@ def test_children_ignore_usr1_and_hup() -> None:
         ["sh", "-c", "kill -USR1 $$; kill -HUP $$; echo survived"], timeout=5, env=os.environ
     )
     assert (0, "survived\n") == (result.returncode, result.stdout)
+
+
+def test_spawned_child_ignores_and_blocks_usr1_and_hup() -> None:
+    """A long-lived child (the tmux control client) never gets USR1 or HUP, whatever it installs.
+
+    Blocked, not only ignored: tmux installs its own SIGHUP handler (a client exits
+    on it), which an inherited SIG_IGN would not survive.
+    """
+    child = proc.spawn(
+        ["sh", "-c", "trap 'echo hup' HUP; kill -HUP $$; echo alive; read x"], env=os.environ
+    )
+    try:
+        assert child.stdout is not None
+        os.set_blocking(child.stdout.fileno(), True)
+        assert b"alive\n" == child.stdout.readline()
+        status = pathlib.Path(f"/proc/{child.pid}/status").read_text()
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        for sig in (signal.SIGUSR1, signal.SIGHUP):
+            assert int(fields["SigBlk"], 16) & (1 << (sig - 1)), sig
+        assert os.getpgid(child.pid) == child.pid
+    finally:
+        proc.kill_group(child)
+    assert child.returncode == -signal.SIGKILL

@@ -118,3 +118,12 @@ def test_cursor_line_and_literal_text(tmux_server: TmuxServer, tmp_path: pathlib
     tmux.send_literal(pane.pane_id, "echo 'a b' $x;")
     typed = "$ echo 'a b' $x;"
     assert typed == wait_equal(typed, lambda: tmux.cursor_line(pane.pane_id))
+
+
+def test_listing_with_a_prefix_reads_only_those_sessions(tmux_server: TmuxServer) -> None:
+    """The daemon's listing (prefix gt-) leaves a person's sessions out, in the same one call."""
+    for name in ("gt-deacon", "mine", "gtd-notes"):
+        tmux_server.cmd("new-session", "-d", "-s", name, "sleep 600")
+    tmux = Tmux(tmux_server.socket)
+    assert ["gt-deacon"] == [p.session_name for p in tmux.list_panes(prefix="gt-")]
+    assert {"gt-deacon", "mine", "gtd-notes"} == {p.session_name for p in tmux.list_panes()}

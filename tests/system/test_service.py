@@ -12,6 +12,7 @@ import pathlib
 import shutil
 import subprocess
 
+from gtd.control import SESSION as CONTROL_SESSION
 from tests.conftest import FAKE_AGENT, proc_environ
 from tests.sandbox import UserManager, wait_equal, wait_for
 from tests.system.towns import DAEMON, REPO, TMUX, Town
@@ -49,7 +50,8 @@ def test_start_is_ready_with_deacon_in_tmux_unit(town: Town) -> None:
     assert ("deacon", "deacon") == (env.get("GT_ROLE"), env.get("BD_ACTOR"))
     status = town.gtd_cmd("status")
     assert f"{DAEMON}: active (running), main PID {town.main_pid()}" in status
-    assert f"deacon: session gt-deacon pane %0 pid {pid} command node alive" in status
+    # gtd's control session was made first on this fresh server, so the deacon's pane is %1.
+    assert f"deacon: session gt-deacon pane %1 pid {pid} command node alive" in status
     state = json.loads((town.root / "daemon" / "state.json").read_text())
     assert (True, town.main_pid()) == (state["running"], state["pid"])
 
@@ -254,7 +256,7 @@ def test_existing_tmux_server_is_used_not_replaced(town: Town) -> None:
     # The unit's `gtd tmux-server` may still be on its way out when the daemon is ready.
     assert ("inactive", "success", "0") == wait_equal(("inactive", "success", "0"), tmux_unit)
     sessions = town.um.run("tmux", "-L", town.socket, "list-sessions", "-F", "#{session_name}")
-    assert {"mine", "gt-deacon"} == set(sessions.stdout.split())
+    assert {"mine", "gt-deacon", CONTROL_SESSION} == set(sessions.stdout.split())
     assert (
         server_pid
         == town.um.run("tmux", "-L", town.socket, "display-message", "-p", "#{pid}").stdout
