@@ -97,6 +97,9 @@ ExecStartPost={gtd} tmux-server --wait
 # NoNewPrivileges= or other sandboxing here: every pane inherits it, and agent panes
 # (and a person's own sessions on this server) must behave as in a terminal (sudo).
 EnvironmentFile=-%E/gastown/agent.env
+# Each pane holds a descriptor; at the manager's default 1024 a big town's server stops
+# answering (it spins on accept()).
+LimitNOFILE=65536
 # Stopping this unit ends every agent session; the daemon never does that itself.
 KillMode=control-group
 Restart=on-failure
