@@ -172,7 +172,9 @@ def poke(
             return waits.back_off(current, enters)
         tmux.send_key(pane_id, "Enter")
         enters += 1
-        last = _wait(lambda r: r.input == text, tmux, pane_id, ui, settle, clock, sleep)
+        # A redraw may show no input box for a moment (a line agent between its echoed
+        # newline and its next prompt): wait through it, up to settle, before judging.
+        last = _wait(lambda r: r.input in (text, None), tmux, pane_id, ui, settle, clock, sleep)
         if last.input == "":
             return PokeOutcome(True, DELIVERED, "", last, enters)
         if last.input != text:

@@ -140,6 +140,8 @@ def test_json_body_cycles_the_agent_and_deletes_the_mail(
     ident = parse_identity("gastown-witness")
     ident.workdir(town).mkdir(parents=True)
     before = agents.start_agent(Tmux(tmux_server.socket), ident, config).pane_pid
+    # The first agent must be up before it is cycled, or there is no first START to count.
+    assert retry_until(lambda: starts(fake_agent) == 1, 5)
     set_flag(town, "gastown-witness", "cycle", mood="ok")
     gt.post(message("hq-1", "gastown/witness", '{"action": "cycle"}'))
     run(None, config)
