@@ -21,6 +21,7 @@ from bench.common import Results, Row, machine_facts
 from bench.crashloop import crash_loop
 from bench.heartbeat import HeartbeatCost
 from bench.latency import exec_to_session
+from bench.liveness import liveness_cost, real_poke
 from bench.recovery import Recovery
 from bench.report import MISSED, console, markdown, measured_rows
 from bench.service import DAEMON, Counts, ServiceBench
@@ -150,6 +151,10 @@ def run_tmux(results: Results, counts: Counts, before_venv: str | None = None) -
         work.close()
     print("7. crash loop of an agent that exits at once ...")
     guarded(results, "7. crash loop", lambda: crash_loop(results))
+    print("10. liveness per heartbeat ...")
+    guarded(results, "10. liveness", lambda: liveness_cost(results))
+    print("9. the real agent's poke ...")
+    guarded(results, "9. real agent", lambda: real_poke(results))
 
 
 def main(argv: list[str] | None = None) -> int:
