@@ -137,7 +137,9 @@ class ServiceBench:
         if not (fake / "node").is_symlink():
             (fake / "node").symlink_to("/usr/bin/python3")
         self.write_config("300s")
-        self.um.run(str(venv / "bin" / "gtd"), "units", "install")
+        self.um.run(
+            str(venv / "bin" / "gtd"), "units", "install", "--force"
+        )  # units of an earlier run are its own
         for name, text in BASELINE_UNITS.items():
             self.um.write_file(self.um.unit_dir.relative_to(self.um.home) / name, text)
         self.um.systemctl("daemon-reload")
