@@ -26,22 +26,28 @@ MAX_STATE_BYTES = 1 << 20
 """State files are small; anything bigger is refused rather than read into memory."""
 
 
-def atomic_write(path: pathlib.Path, data: bytes, *, mode: int = 0o644) -> None:
+def atomic_write(
+    path: pathlib.Path, data: bytes, *, mode: int = 0o644, sync_dir: bool = True
+) -> None:
     """Replace *path* with *data* so readers see the old file or the new one, never a mix.
 
     Writes a temp file in the same directory, fsyncs it, renames it over *path* and
     fsyncs the directory. On any failure (disk full included) the old file is intact
     and the temp file is removed. A symlink at *path* is replaced, never followed.
+    Without *sync_dir*, a power cut may leave the old file in place (still whole); for
+    progress notes where redoing a step is harmless.
 
     Raises
     ------
     OSError
         Whatever the write, fsync or rename raised; without a file name it gets *path*.
     """
-    write_new(path, data, mode=mode, replace=True)
+    write_new(path, data, mode=mode, replace=True, sync_dir=sync_dir)
 
 
-def write_new(path: pathlib.Path, data: bytes, *, mode: int = 0o644, replace: bool) -> None:
+def write_new(
+    path: pathlib.Path, data: bytes, *, mode: int = 0o644, replace: bool, sync_dir: bool = True
+) -> None:
     """Write *data* to *path* whole (temp file, fsync, rename or link, fsync the directory).
 
     With *replace* false an existing name (a dangling symlink included) is never
@@ -73,7 +79,8 @@ def write_new(path: pathlib.Path, data: bytes, *, mode: int = 0o644, replace: bo
         if isinstance(err, OSError) and err.filename is None:
             err.filename = str(path)  # "No space left on device" alone does not say where
         raise
-    fsync_dir(path.parent)
+    if sync_dir:
+        fsync_dir(path.parent)
 
 
 def _temp_file(path: pathlib.Path) -> tuple[int, str]:

@@ -329,14 +329,22 @@ class Tmux:
         argv: t.Sequence[str],
         tag: str = "",
     ) -> PaneInfo:
-        """Kill whatever runs in *pane_id* and start *argv* there; other panes untouched."""
+        """Kill whatever runs in *pane_id* and start *argv* there; other panes untouched.
+
+        The new pane's facts come back from the same invocation (one round trip).
+        """
         env_flags = [x for k, v in sorted(env.items()) for x in ("-e", f"{k}={v}")]
-        self.run(
+        result = self.run(
             "respawn-pane", "-k", "-t", pane_id, "-c", cwd, *env_flags, "--", *argv,
             ";", "set-option", "-p", "-t", pane_id, "remain-on-exit", "on",
             ";", "set-option", "-p", "-t", pane_id, "@gtd_agent", tag,
+            ";", "display-message", "-p", "-t", pane_id, "-F", PANE_FORMAT,
         )  # fmt: skip
-        return self.pane(pane_id)
+        panes = parse_panes(result.stdout)
+        if not panes:
+            msg = f"no pane reported after respawning {pane_id}: {result.stdout!r}"
+            raise TmuxError(msg, subcommand="respawn-pane")
+        return panes[0]
 
     def kill_session(self, name: str) -> None:
         """Kill a session by exact name; a missing session is not an error."""

@@ -910,10 +910,12 @@ def test_a_full_disk_keeps_the_request_without_spending_attempts(
     rid = enqueue(town, "mayor", "shutdown", sender="test")
     real = store.atomic_write
 
-    def full_disk(path: pathlib.Path, data: bytes, *, mode: int = 0o644) -> None:
+    def full_disk(
+        path: pathlib.Path, data: bytes, *, mode: int = 0o644, sync_dir: bool = True
+    ) -> None:
         if full == "everything" or path == state:
             raise no_space(path)
-        real(path, data, mode=mode)
+        real(path, data, mode=mode, sync_dir=sync_dir)
 
     monkeypatch.setattr(store, "atomic_write", full_disk)
     config = make_config(town)
