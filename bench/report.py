@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import textwrap
 import typing as t
 
@@ -135,7 +136,7 @@ MISSED = {
 
 def ordered(rows: t.Sequence[Row]) -> list[Row]:
     """Rows by target number, in measurement order within one target."""
-    return sorted(rows, key=lambda r: r.section.split(".")[0])
+    return sorted(rows, key=lambda r: int(re.sub(r"\D.*", "", r.section) or 0))
 
 
 def verdict(row: Row) -> str:
