@@ -32,7 +32,6 @@ import os
 import pathlib
 import re
 import typing as t
-import zoneinfo
 
 from gtd.exc import TrustError
 from gtd.screen import FAINT, REVERSE, Condition, Reading, Screen
@@ -255,6 +254,8 @@ def reset_at(resets: str, seen: datetime.datetime) -> datetime.datetime | None:
         return None
     zone: datetime.tzinfo | None = seen.tzinfo
     if match.group("zone"):
+        import zoneinfo  # only for a limit naming its zone: it brings sysconfig, 0.4 MB
+
         try:
             zone = zoneinfo.ZoneInfo(match.group("zone"))
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import faulthandler
 import json
 import logging
@@ -34,8 +33,21 @@ EX_USAGE = 2
 EX_NOT_RUNNING = 3
 
 
-class Namespace(argparse.Namespace):
-    """Typed view of the parsed arguments."""
+if t.TYPE_CHECKING:
+    import argparse
+
+    Subparsers = argparse._SubParsersAction
+
+
+class Namespace:
+    """Typed view of the parsed arguments (argparse fills any object with attributes).
+
+    Not an ``argparse.Namespace``: ``gtd run`` never imports argparse (with gettext,
+    0.4 MB of the daemon's RSS and a few ms of its start).
+    """
+
+    def __init__(self, **kwargs: object) -> None:
+        self.__dict__.update(kwargs)
 
     command: str
     config: str | None
@@ -58,6 +70,8 @@ class Namespace(argparse.Namespace):
 
 def create_parser() -> argparse.ArgumentParser:
     """The ``gtd`` parser with every subcommand."""
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="gtd",
         description=(
@@ -88,9 +102,6 @@ def create_parser() -> argparse.ArgumentParser:
     create_trust_subparser(sub)
     create_tmux_server_subparser(sub)
     return parser
-
-
-Subparsers = argparse._SubParsersAction
 
 
 def create_run_subparser(sub: Subparsers[argparse.ArgumentParser]) -> None:

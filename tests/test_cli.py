@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pathlib
+import subprocess
+import sys
 import typing as t
 
 import pytest
@@ -193,6 +195,26 @@ def test_run_is_read_as_argparse_reads_it(argv: list[str]) -> None:
     fast = cli.parse_run(argv)
     assert fast is not None
     assert vars(cli.create_parser().parse_args(argv, namespace=cli.Namespace())) == vars(fast)
+
+
+def test_the_daemon_loads_none_of_what_only_other_commands_need() -> None:
+    """``gtd run``'s modules, its first heartbeat's included, leave the heavy ones out.
+
+    Each of these costs start-up time and RSS (issue 10's targets; docs/benchmarks.md):
+    argparse with gettext (0.4 MB), zoneinfo with sysconfig (0.4 MB), OpenSSL through
+    secrets/hashlib, tempfile, shutil, difflib, systemd.journal and socket.
+    """
+    heavy = ["argparse", "gettext", "zoneinfo", "sysconfig", "secrets", "hashlib",
+             "tempfile", "shutil", "difflib", "systemd.journal", "socket"]  # fmt: skip
+    code = (
+        "import sys, gtd.cli, gtd.daemon, gtd.poke, gtd.claude, gtd.supervisor\n"
+        "assert gtd.cli.parse_run(['run']) is not None\n"
+        f"print(' '.join(m for m in {heavy!r} if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "" == result.stdout.strip(), result.stdout
 
 
 @pytest.mark.parametrize(
