@@ -16,7 +16,7 @@ import typing as t
 from gtd import agents, proc, store
 from gtd.environment import sandbox_hint
 from gtd.events import Event
-from gtd.exc import RequestError, StateError, WorkdirMissing
+from gtd.exc import CommandTimeout, RequestError, StateError, WorkdirMissing
 from gtd.request import Action, Request, shown
 
 if t.TYPE_CHECKING:
@@ -123,7 +123,7 @@ def presync(
         extra = {"GTD_IDENTITY": identity.dash, "GTD_STEP": " ".join(argv)}
         try:
             res = proc.run(argv, timeout=PRESYNC_TIMEOUT, cwd=workdir, env=env)
-        except (OSError, proc.Timeout) as err:
+        except (OSError, CommandTimeout) as err:
             logger.warning("pre-sync %s: %s", " ".join(argv), err, extra=extra)
             continue
         if res.returncode != 0:

@@ -39,7 +39,8 @@ import time
 import typing as t
 
 from gtd import proc
-from gtd.proc import Result, Timeout
+from gtd.exc import CommandTimeout
+from gtd.proc import Result
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +191,7 @@ class ControlClient:
         ------
         Unavailable
             No client could connect (no server, or a tmux that refused the command line).
-        gtd.proc.Timeout
+        gtd.exc.CommandTimeout
             No complete answer within *timeout* seconds (connecting included). The
             client is kept; the next call waits for the rest first.
         """
@@ -246,7 +247,7 @@ class ControlClient:
         ------
         Unavailable
             The client exited before it finished connecting (its stderr says why).
-        gtd.proc.Timeout
+        gtd.exc.CommandTimeout
             Still connecting or still owed blocks at *deadline*; the client is kept.
         """
         if self._proc is not None and self._proc.poll() is not None and not self._owed:
@@ -298,7 +299,7 @@ class ControlClient:
                 raise _Gone(began=False) from None
             self._unsent = self._unsent[n:]
             if self._unsent and not select.select([], [fd], [], self._left(deadline, timeout))[1]:
-                raise Timeout(self.connect_argv(), timeout)
+                raise CommandTimeout(self.connect_argv(), timeout)
 
     def _read(self, deadline: float, timeout: float) -> _Blocks:
         """Read until the blocks owed (of flag ``_flag``) arrived, or one of them failed.
@@ -309,7 +310,7 @@ class ControlClient:
         ------
         _Gone
             End of file: the client exited.
-        gtd.proc.Timeout
+        gtd.exc.CommandTimeout
             *deadline* passed; what is still owed stays owed.
         """
         fd = self._fd("stdout")
@@ -340,7 +341,7 @@ class ControlClient:
             if not self._owed:
                 return _Blocks(_text(out), None)
             if not select.select([fd], [], [], self._left(deadline, timeout))[0]:
-                raise Timeout(self.connect_argv(), timeout)
+                raise CommandTimeout(self.connect_argv(), timeout)
             try:
                 chunk = os.read(fd, 65536)
             except BlockingIOError:
@@ -359,7 +360,7 @@ class ControlClient:
     def _left(self, deadline: float, timeout: float) -> float:
         left = deadline - time.monotonic()
         if left <= 0:
-            raise Timeout(self.connect_argv(), timeout)
+            raise CommandTimeout(self.connect_argv(), timeout)
         return left
 
     def _reap(self) -> Result:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import typing as t
 
 EX_CONFIG = 78
 """sysexits.h EX_CONFIG: the unit's RestartPreventExitStatus= stops restarts on it."""
@@ -10,6 +11,19 @@ EX_CONFIG = 78
 
 class GtdError(Exception):
     """Base class of every error gtd raises on purpose."""
+
+
+class CommandTimeout(Exception):
+    """A bounded command did not finish in time; its process group was killed.
+
+    Not a :class:`GtdError`: each caller decides what a timeout means where it is
+    (a tmux call, ``gt mail``, ``systemctl``), and none may pass for a user mistake.
+    """
+
+    def __init__(self, argv: t.Sequence[str], timeout: float) -> None:
+        self.argv = tuple(argv)
+        self.timeout = timeout
+        super().__init__(f"{argv[0]}: no answer within {timeout:g}s")
 
 
 class ConfigError(GtdError):

@@ -18,7 +18,7 @@ import typing as t
 from gtd import proc
 from gtd.environment import sandbox_hint, which
 from gtd.events import Event
-from gtd.exc import IdentityError, MailError
+from gtd.exc import CommandTimeout, IdentityError, MailError
 from gtd.identities import parse_identity
 from gtd.request import MAIL_ID, Refused, Request, parse_action
 
@@ -133,7 +133,7 @@ class MailSource:
         self.listed: set[str] | None = None
 
     def run(self, *args: str) -> proc.Result:
-        """Run ``gt ARGS`` bounded by :data:`MAIL_TIMEOUT`; raises OSError or proc.Timeout."""
+        """Run ``gt ARGS`` bounded by :data:`MAIL_TIMEOUT`; raises OSError or CommandTimeout."""
         return proc.run((*self.argv, *args), timeout=MAIL_TIMEOUT, cwd=self.cwd, env=self.env)
 
     def collect(self, now: str) -> list[Request | Refused]:
@@ -155,7 +155,7 @@ class MailSource:
             res = self.run("mail", "inbox", "--identity", "deacon/", "--json")
             problem = f"exit status {res.returncode}: {res.stderr.strip()[-300:]}"
             messages = parse_inbox(res.stdout) if res.returncode == 0 else None
-        except (OSError, proc.Timeout, ValueError) as err:
+        except (OSError, CommandTimeout, ValueError) as err:
             messages, problem = None, str(err)
         if messages is None:
             extra = {}
@@ -192,7 +192,7 @@ class MailSource:
         try:
             res = self.run("mail", "delete", mail_id)
             problem = f"exit status {res.returncode}: {res.stderr.strip()[-200:]}"
-        except (OSError, proc.Timeout) as err:
+        except (OSError, CommandTimeout) as err:
             res, problem = None, str(err)
         if res is None or res.returncode != 0:
             hint = sandbox_hint(problem, self.cwd)

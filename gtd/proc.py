@@ -24,6 +24,7 @@ import subprocess
 import typing as t
 
 from gtd.environment import which
+from gtd.exc import CommandTimeout
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -34,15 +35,6 @@ class Result:
     returncode: int
     stdout: str
     stderr: str
-
-
-class Timeout(Exception):
-    """The command did not finish in time; its process group was killed."""
-
-    def __init__(self, argv: t.Sequence[str], timeout: float) -> None:
-        self.argv = tuple(argv)
-        self.timeout = timeout
-        super().__init__(f"{argv[0]}: no answer within {timeout:g}s")
 
 
 CONTROL_SIGNALS = (signal.SIGUSR1, signal.SIGHUP)
@@ -118,7 +110,7 @@ def run(
 
     Raises
     ------
-    Timeout
+    gtd.exc.CommandTimeout
         After *timeout* seconds; the child's whole process group is killed first.
     FileNotFoundError
         The program does not exist.
@@ -147,7 +139,7 @@ def run(
             if pipe is not None:
                 pipe.close()
         proc.wait()
-        raise Timeout(argv, timeout) from None
+        raise CommandTimeout(argv, timeout) from None
     return Result(tuple(argv), proc.returncode, out, err)
 
 

@@ -12,8 +12,7 @@ import pathlib
 import time
 import typing as t
 
-from gtd.exc import SystemdError
-from gtd.proc import Timeout
+from gtd.exc import CommandTimeout, SystemdError
 from gtd.proc import run as run_bounded
 from gtd.store import atomic_write
 
@@ -147,7 +146,7 @@ def systemctl(*args: str, timeout: float = SYSTEMCTL_TIMEOUT, check: bool = True
     except FileNotFoundError:
         msg = "systemctl not found on PATH"
         raise SystemdError(msg) from None
-    except Timeout:
+    except CommandTimeout:
         msg = f"systemctl --user {' '.join(args)}: no answer within {timeout:g}s"
         raise SystemdError(msg) from None
     if check and proc.returncode != 0:
@@ -214,7 +213,7 @@ def start_tmux_server(socket: str, config_path: pathlib.Path | None) -> None:
     run += ["--description=Gas Town tmux server (transient, after a socket change)"]
     try:
         result = run_bounded([*run, "--", *argv, "tmux-server"], timeout=SYSTEMCTL_TIMEOUT)
-    except (FileNotFoundError, Timeout) as err:
+    except (FileNotFoundError, CommandTimeout) as err:
         msg = f"systemd-run {unit}: {err}"
         raise SystemdError(msg) from None
     if result.returncode != 0:
@@ -250,7 +249,7 @@ def linger(user: str) -> bool | None:
     """Whether logind keeps *user*'s manager running after logout; None when unknown."""
     try:
         proc = run_bounded(["loginctl", "show-user", user, "-p", "Linger", "--value"], timeout=10)
-    except (FileNotFoundError, Timeout):
+    except (FileNotFoundError, CommandTimeout):
         return None
     answer = proc.stdout.strip()
     return {"yes": True, "no": False}.get(answer) if proc.returncode == 0 else None

@@ -26,8 +26,8 @@ import typing as t
 from gtd.control import SESSION as CONTROL_SESSION
 from gtd.control import ControlClient, Unavailable
 from gtd.environment import which
-from gtd.exc import NoServer, TmuxError, TmuxNotFound, TmuxTimeout
-from gtd.proc import Result, Timeout
+from gtd.exc import CommandTimeout, NoServer, TmuxError, TmuxNotFound, TmuxTimeout
+from gtd.proc import Result
 from gtd.proc import run as run_bounded
 from gtd.screen import Screen
 
@@ -210,7 +210,7 @@ class Tmux:
             proc = self._through_control(args, limit)
             if proc is None:
                 proc = run_bounded(argv, timeout=limit, env=client_env())
-        except Timeout:
+        except CommandTimeout:
             raise TmuxTimeout(args[0], limit) from None
         if proc.returncode != 0:
             stderr = proc.stderr.strip() or f"exit status {proc.returncode}"

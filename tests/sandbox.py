@@ -42,6 +42,7 @@ import time
 import typing as t
 
 from gtd import proc as gtd_proc
+from gtd.exc import CommandTimeout
 
 if t.TYPE_CHECKING:
     import types
@@ -800,7 +801,7 @@ class UserManager:
             # gtd's own bounded runner: kills the process group on timeout and does
             # not wait for pipes that a tmux server started inside may hold forever.
             res = gtd_proc.run(full, timeout=timeout, cwd=self.home)
-        except gtd_proc.Timeout:
+        except CommandTimeout:
             raise CommandFailed(args, None, "", "", timeout=timeout) from None
         if check and res.returncode != 0:
             raise CommandFailed(args, res.returncode, res.stdout, res.stderr)

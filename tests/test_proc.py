@@ -10,6 +10,7 @@ import time
 import pytest
 
 from gtd import proc
+from gtd.exc import CommandTimeout
 from tests.sandbox import wait_for
 
 
@@ -17,7 +18,7 @@ def test_timeout_kills_the_process_group(tmp_path: pathlib.Path) -> None:
     """A command that overruns is killed with its children, and the call returns promptly."""
     pidfile = tmp_path / "grandchild"
     start = time.monotonic()
-    with pytest.raises(proc.Timeout, match=r"no answer within 0\.3s"):
+    with pytest.raises(CommandTimeout, match=r"no answer within 0\.3s"):
         proc.run(["sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait"], timeout=0.3)
     assert time.monotonic() - start < 5
     grandchild = int(pidfile.read_text())
@@ -37,7 +38,7 @@ def test_timeout_kills_the_process_group(tmp_path: pathlib.Path) -> None:
 def test_timeout_returns_even_when_pipes_are_held(tmp_path: pathlib.Path) -> None:
     """A grandchild that keeps stdout open past the kill (outside the group) cannot hang us."""
     start = time.monotonic()
-    with pytest.raises(proc.Timeout):
+    with pytest.raises(CommandTimeout):
         proc.run(["sh", "-c", "setsid sleep 3 & sleep 60"], timeout=0.3)
     assert time.monotonic() - start < 2
 
