@@ -32,7 +32,10 @@ def interleaved(results: Results, before_venv: pathlib.Path, rounds: int) -> Non
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
         tm.write_config("sleep 100000", "300s")
-        tm.config.write_text(tm.config.read_text().replace('["node"]', '["sleep"]'))
+        # The earlier tree may not know every key of today's config (agent.ui): leave
+        # it out, so both read the same file; READY=1 comes before any poke anyway.
+        text = tm.config.read_text().replace('["node"]', '["sleep"]')
+        tm.config.write_text(text.replace('ui = "plain"\n', ""))
         tm.start_server()
         path = tm.tmp / "notify"
         sock.bind(str(path))
