@@ -74,14 +74,6 @@ class PaneInfo:
     current_command: str
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class CursorLine:
-    """The row the cursor is on (trailing blanks trimmed) and the cursor's column in cells."""
-
-    text: str
-    x: int
-
-
 def parse_panes(stdout: str, prefix: str = "") -> list[PaneInfo]:
     r"""Parse ``list-panes -a -F PANE_FORMAT`` output; lines that do not fit are skipped.
 
@@ -376,21 +368,6 @@ class Tmux:
         """Send named keys (``Enter``, ``C-u``)."""
         self.run("send-keys", "-t", target, *keys)
 
-    def cursor(self, target: str) -> CursorLine:
-        """The line the cursor is on and its column, from one tmux call (so they agree)."""
-        out = self.run(
-            "display-message", "-p", "-t", target, "#{cursor_x},#{cursor_y}",
-            ";", "capture-pane", "-p", "-t", target,
-        ).stdout  # fmt: skip
-        head, _, screen = out.partition("\n")
-        x, _, y = head.strip().partition(",")
-        if not (x.isdigit() and y.isdigit()):
-            msg = f"no cursor position for {target}: {head!r}"
-            raise TmuxError(msg, subcommand="display-message")
-        lines = screen.split("\n")
-        row = int(y)
-        return CursorLine(lines[row].rstrip() if row < len(lines) else "", int(x))
-
     def screen(self, target: str) -> Screen:
         """What the pane shows (text, faint cells, cursor, title, copy mode), in one call.
 
@@ -420,4 +397,5 @@ class Tmux:
 
     def cursor_line(self, target: str) -> str:
         """The text of the line the cursor is on, trailing blanks stripped (one tmux call)."""
-        return self.cursor(target).text
+        shown = self.screen(target)
+        return shown.line(shown.cursor_y).rstrip()
