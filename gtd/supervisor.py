@@ -92,6 +92,8 @@ class Supervisor:
         self.guard = sv.Guard()
         self.pid: int | None = None
         self.pane_id: str | None = None
+        self.launch_pid: int | None = None
+        """The pane process gtd last started, until the agent is first seen alive."""
         self.limit_until: datetime.datetime | None = None
         self.state = Record()
         if previous:
@@ -123,12 +125,15 @@ class Supervisor:
             self.state.held = False
             logger.info("%s runs again; no longer held", self.identity.dash, extra=fields)
         now = self.clock()
+        if not view.alive and self._launching(view, now):
+            return None  # a wrapper script at work: the guard's deadline looks again
         was = self.guard.phase
         self.guard, action = sv.step(self.guard, view.alive, now, self.policy)
         self.loop.at(
             ("guard", self.identity), sv.next_deadline(self.guard, self.policy), self._wake
         )
         if view.alive and view.pid is not None and view.pane is not None:
+            self.launch_pid = None
             self.watch(view.pid, view.pane.pane_pid, view.pane.pane_id)
             if self.state.condition in _NOT_RUNNING:
                 self._set(Condition.STARTING, "")  # until its screen is read
@@ -157,8 +162,29 @@ class Supervisor:
             self._set(Condition.DEAD, "start failed")
             raise
         self._set(Condition.STARTING, "")
+        self.launch_pid = pane.pane_pid
         self.watch(pane.pane_pid, pane.pane_pid, pane.pane_id)
         return pane
+
+    def _launching(self, view: AgentView, now: float) -> bool:
+        """Whether the pane gtd just started still runs its first process, a shell.
+
+        A wrapper script (``exec claude`` or one that forks it) is a shell with nothing
+        under it until it gets there, which may take a while (nvm, a login profile).
+        Until ``startsecs`` has passed that is a start in progress, not an agent back
+        at a shell: once the agent was seen alive, or the pane's process changed, or
+        ``startsecs`` passed, a shell alone is an exit as before.
+        """
+        started = self.guard.started_at
+        return (
+            self.launch_pid is not None
+            and view.pane is not None
+            and not view.pane.dead
+            and view.pane.pane_pid == self.launch_pid
+            and self.guard.phase is sv.Phase.STARTING
+            and started is not None
+            and now - started < self.policy.startsecs
+        )
 
     def limited_since(self) -> datetime.datetime:
         """When the agent was first seen at its current limit (now, if it is not yet)."""
@@ -188,6 +214,7 @@ class Supervisor:
         """Forget the guard and the watch (the agents' tmux server changed)."""
         self.unwatch()
         self.guard = sv.Guard()
+        self.launch_pid = None
         self.loop.at(("guard", self.identity), None, self._wake)
 
     def noted(self, reading: Reading, until: datetime.datetime | None = None) -> None:

@@ -7,6 +7,7 @@ import itertools
 import json
 import os
 import pathlib
+import shlex
 import signal
 import socket
 import subprocess
@@ -293,6 +294,38 @@ def test_agent_dying_at_once_backs_off(gtd: Gtd) -> None:
     assert retry_until(
         lambda: any("crash-looping (3 quick exits)" in s for s in gtd.notify.statuses()), 6
     ), gtd.notify.statuses()
+
+
+def test_a_wrapper_still_starting_its_agent_is_not_restarted(
+    gtd: Gtd, tmp_path: pathlib.Path
+) -> None:
+    """A wrapper script busy before it execs the agent is a start in progress, not a death.
+
+    For 3 s the pane holds only bash, waiting in a builtin (no process under it), the
+    way a wrapper sourcing nvm or a profile does; heartbeats every second see no agent.
+    The start is left alone: the same pane process becomes the agent, nothing is
+    restarted, and it is poked. (Judged "back at a shell", it was killed at each
+    heartbeat and never got to the agent.)
+    """
+    hold = tmp_path / "hold"
+    os.mkfifo(hold)
+    wrapper = tmp_path / "claude-wrapper"
+    wrapper.write_text(
+        "#!/bin/bash\n"
+        f"exec 3<>{shlex.quote(str(hold))}\n"
+        "read -r -t 3 -u 3 _\n"
+        f"exec {gtd.agent.command()}\n"
+    )
+    wrapper.chmod(0o755)
+    gtd.write_config(heartbeat_interval='"1s"', command=json.dumps(str(wrapper)))
+    gtd.start()
+    assert retry_until(lambda: gtd.notify.has("READY=1"), 10), gtd.log()
+    first = gtd.deacon_pid()
+    assert retry_until(lambda: gtd.agent.received(), 20), gtd.log()
+    agent = gtd.state()["agents"]["deacon"]
+    assert (first, 0) == (gtd.deacon_pid(), agent["restarts"]), gtd.log()
+    assert "starting it" not in gtd.log()
+    assert "not alive; no poke this heartbeat" in gtd.log()  # it was a shell for a while
 
 
 def agent_pids(gtd: Gtd) -> dict[str, int]:
