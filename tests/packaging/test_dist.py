@@ -97,6 +97,8 @@ def test_wheel_has_entry_point_units_and_data(dists: Dists) -> None:
         entry_points.read_string(whl.read(f"{info}/entry_points.txt").decode())
         assert "gtd.cli:main" == entry_points["console_scripts"]["gtd"]
         metadata = whl.read(f"{info}/METADATA").decode()
+        licenses = [n for n in names if n.startswith(f"{info}/") and n.endswith("/LICENSE")]
+        assert [(REPO / "LICENSE").read_bytes()] == [whl.read(n) for n in licenses], licenses
         data = f"{STEM}-{__version__}.data/data/share"
         for inside, source in (
             ("man/man1/gtd.1", "gtd.1"),
@@ -155,15 +157,15 @@ class Recipe(t.NamedTuple):
     packaged: set[str]
 
 
-def check_recipe(recipe: Recipe, dists: Dists) -> None:
-    """The recipe's own steps plus the wheel give exactly PACKAGED, from files the sdist has."""
+def check_recipe(recipe: Recipe, dists: Dists, extra: t.AbstractSet[str] = frozenset()) -> None:
+    """The recipe's own steps plus the wheel give exactly PACKAGED (and *extra*), from the sdist."""
     assert set(recipe.installs.values()) <= sdist_files(dists)
     from_wheel = wheel_installs(dists)
     for removed in recipe.removes:
         assert any(f.startswith(removed + "/") for f in from_wheel), removed
     kept = {f for f in from_wheel if not any(f.startswith(r + "/") for r in recipe.removes)}
-    assert PACKAGED == kept | set(recipe.installs)
-    assert PACKAGED == recipe.packaged
+    assert PACKAGED | extra == kept | set(recipe.installs)
+    assert PACKAGED | extra == recipe.packaged
 
 
 def install_lines(text: str, root: str) -> Recipe:
@@ -237,7 +239,8 @@ def test_pkgbuild_packages_what_the_build_installs(dists: Dists) -> None:
     assert 'python -m installer --destdir="$pkgdir" dist/*.whl' in body
     assert "python -m build --wheel --no-isolation" in text
     recipe = install_lines(body.replace('"$pkgdir', '"PKGDIR'), "PKGDIR")
-    check_recipe(recipe._replace(packaged=PACKAGED), dists)
+    license_file = "usr/share/licenses/gtd/LICENSE"  # Arch wants MIT's text there
+    check_recipe(recipe._replace(packaged=PACKAGED | {license_file}), dists, {license_file})
 
 
 # --- RPM ----------------------------------------------------------------------------
@@ -289,6 +292,7 @@ def test_rpm_spec_packages_what_the_build_installs(dists: Dists) -> None:
         preamble["BuildArch"],
     )
     assert preamble["Source"].endswith("/" + dists.sdist.name)
+    assert "%license LICENSE" in spec["files"].splitlines()
     for macro in ("%pyproject_wheel", "%pyproject_install", "%pyproject_save_files gtd"):
         assert macro in spec["build"] + spec["install"], macro
     recipe = install_lines(spec["install"], "/BUILDROOT")
