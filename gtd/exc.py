@@ -5,6 +5,10 @@ from __future__ import annotations
 import pathlib
 import typing as t
 
+EX_USAGE = 2
+"""A command line or request gtd cannot take (argparse's own status for usage errors)."""
+EX_NOT_RUNNING = 3
+"""``gtd status``: the service is not active (systemctl status's LSB status 3)."""
 EX_CONFIG = 78
 """sysexits.h EX_CONFIG: the unit's RestartPreventExitStatus= stops restarts on it."""
 
