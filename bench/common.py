@@ -238,6 +238,32 @@ class AsUser:
 # -- the machine -----------------------------------------------------------------------
 
 
+def grow_sessions(
+    have: int, total: int, tmux: t.Callable[..., subprocess.CompletedProcess[str]]
+) -> int:
+    """Add ``extra-N`` sessions running ``sleep infinity`` through *tmux* until *total*.
+
+    A hundred per tmux invocation; returns the new count (*total*).
+
+    Raises
+    ------
+    RuntimeError
+        tmux refused; its message is in the error.
+    """
+    while have < total:
+        batch = range(have, min(total, have + 100))
+        argv: list[str] = []
+        for k in batch:
+            argv += [*([";"] if argv else []), "new-session", "-d", "-s", f"extra-{k}",
+                     "sleep", "infinity"]  # fmt: skip
+        proc = tmux(*argv)
+        if proc.returncode != 0:
+            msg = f"could not create sessions: {proc.stderr.strip()}"
+            raise RuntimeError(msg)
+        have = batch.stop
+    return have
+
+
 def first_line(*argv: str) -> str:
     """First line of a command's output, or what went wrong."""
     try:

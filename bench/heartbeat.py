@@ -12,7 +12,7 @@ from __future__ import annotations
 import resource
 import typing as t
 
-from bench.common import AsUser, Row, Table, mb, memory, ms, sample
+from bench.common import AsUser, Row, Table, grow_sessions, mb, memory, ms, sample
 from bench.service import DAEMON
 
 if t.TYPE_CHECKING:
@@ -114,17 +114,11 @@ class HeartbeatCost:
 
     def grow(self, total: int) -> None:
         """Add ``sleep infinity`` sessions on the agents' server until there are *total*."""
-        while self.extra < total:
-            batch = range(self.extra, min(total, self.extra + 100))
-            argv: list[str] = []
-            for k in batch:
-                argv += [*([";"] if argv else []), "new-session", "-d", "-s", f"extra-{k}",
-                         "sleep", "infinity"]  # fmt: skip
-            proc = self.b.user.run("tmux", "-L", self.b.socket, *argv, timeout=120)
-            if proc.returncode != 0:
-                msg = f"could not create sessions: {proc.stderr.strip()}"
-                raise RuntimeError(msg)
-            self.extra = batch.stop
+        self.extra = grow_sessions(
+            self.extra,
+            total,
+            lambda *argv: self.b.user.run("tmux", "-L", self.b.socket, *argv, timeout=120),
+        )
 
     def shrink(self) -> None:
         """Kill the extra sessions and the nine extra agents' sessions."""

@@ -25,7 +25,7 @@ import threading
 import time
 import typing as t
 
-from bench.common import Results, Row, Table, mb, median
+from bench.common import Results, Row, Table, grow_sessions, mb, median
 from tests.sandbox import retry_until
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -223,17 +223,7 @@ class TmuxWork(PrivateTmux):
 
     def grow(self, total: int) -> None:
         """Add extra ``sleep infinity`` sessions until there are *total* of them."""
-        while self.extra < total:
-            batch = range(self.extra, min(total, self.extra + 100))
-            argv: list[str] = []
-            for k in batch:
-                argv += [*([";"] if argv else []), "new-session", "-d", "-s", f"extra-{k}",
-                         "sleep", "infinity"]  # fmt: skip
-            proc = self.tmux(*argv)
-            if proc.returncode != 0:
-                msg = f"could not create sessions: {proc.stderr.strip()}"
-                raise RuntimeError(msg)
-            self.extra = batch.stop
+        self.extra = grow_sessions(self.extra, total, self.tmux)
 
     def one(self, total: int) -> dict[str, t.Any]:
         """Run the daemon for a few heartbeats with *total* extra sessions; count its tmux."""

@@ -32,6 +32,19 @@ def heartbeat_turns(api: FakeAPI) -> list[str]:
     return [str(r.body) for r in api.requests() if "HEARTBEAT" in str(r.body)]
 
 
+def stop_and_check_deliveries(town: GtdRun, api: FakeAPI) -> None:
+    """Stop the daemon; then the model's turns are exactly the pokes gtd logged delivered.
+
+    Each of them once, as its own turn, and no heartbeat arrived that gtd did not report.
+    """
+    town.stop_daemon()
+    delivered = town.delivered()
+    api.wait_for(lambda a: len(a.user_turns()) >= len(delivered), 60, "the delivered pokes")
+    town.wait_idle()
+    assert delivered == api.user_turns(), town.log()
+    assert len(delivered) == len(heartbeat_turns(api))
+
+
 def test_every_delivered_poke_reaches_the_model_once_and_only_those(
     api: FakeAPI, start_gtd: StartGtd
 ) -> None:
@@ -43,12 +56,7 @@ def test_every_delivered_poke_reaches_the_model_once_and_only_those(
     town = start_gtd(heartbeat="2s")
     town.wait_deacon()
     town.wait(lambda: len(town.delivered()) >= 3, "three delivered pokes")
-    town.stop_daemon()
-    delivered = town.delivered()
-    api.wait_for(lambda a: len(a.user_turns()) >= len(delivered), 60, "the delivered pokes")
-    town.wait_idle()
-    assert delivered == api.user_turns(), town.log()
-    assert len(delivered) == len(heartbeat_turns(api))
+    stop_and_check_deliveries(town, api)
     pokes = town.pokes()
     assert "starting" == pokes[0], town.log()
     assert set(pokes[: pokes.index("delivered")]) == {"starting"}
@@ -73,12 +81,7 @@ def test_busy_agent_is_not_poked_until_its_turn_ends(api: FakeAPI, start_gtd: St
     assert first == api.user_turns()
     gate.release()
     api.wait_for(lambda a: len(a.user_turns()) >= 2, 60, "the poke after the busy turn")
-    town.stop_daemon()
-    delivered = town.delivered()
-    api.wait_for(lambda a: len(a.user_turns()) >= len(delivered), 60, "the delivered pokes")
-    town.wait_idle()
-    assert delivered == api.user_turns(), town.log()
-    assert len(delivered) == len(heartbeat_turns(api))
+    stop_and_check_deliveries(town, api)
     busy = [line for line in town.lines() if "not poked" in line and "busy" in line]
     assert all("working" in line for line in busy), busy
 
