@@ -70,6 +70,7 @@ class TmuxServer:
 
     socket: str
     env: dict[str, str]
+    process: subprocess.Popen[bytes] | None = None
 
     def cmd(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a tmux command against this server."""
@@ -84,7 +85,7 @@ class TmuxServer:
 
     def start(self) -> None:
         """Start the server in the background (as gastown-tmux.service would: tmux -D)."""
-        subprocess.Popen(
+        self.process = subprocess.Popen(
             ["tmux", "-L", self.socket, "-f", "/dev/null", "-D"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -100,9 +101,20 @@ class TmuxServer:
         return proc.returncode == 0 or "no sessions" in proc.stderr
 
     def kill(self) -> None:
-        """Kill the server and remove its socket; errors suppressed."""
+        """Kill the server, wait until it is gone, remove its socket; errors suppressed.
+
+        ``kill-server`` alone is not enough: a control-mode client (gtd's) whose output
+        cannot be flushed keeps a shutting-down server alive, and with its socket
+        removed nothing could reach it again. So the process is waited for, and killed.
+        """
         with contextlib.suppress(Exception):
             self.cmd("kill-server", check=False)
+        if self.process is not None:
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
         with contextlib.suppress(OSError):
             base = pathlib.Path(self.env.get("TMUX_TMPDIR", "/tmp"))
             (base / f"tmux-{os.geteuid()}" / self.socket).unlink()
