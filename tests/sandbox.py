@@ -224,6 +224,37 @@ def _context(context: Callable[[], object] | None) -> str:
     return f"{describe(context)}:\n{value}"
 
 
+@contextlib.contextmanager
+def machine_lock(name: str, timeout: float) -> t.Iterator[None]:
+    """Hold ``/run/gtd-sandbox/NAME.lock``: one run on this machine at a time, for *name*.
+
+    For what every clone's run shares, such as the system package the .deb tests
+    install and purge: a second run waits here (up to *timeout*, saying who holds it)
+    instead of finding the first one's package. The kernel drops the lock with its
+    holder, so a killed run leaves none behind.
+    """
+    STATE_DIR.mkdir(mode=0o755, parents=True, exist_ok=True)
+    path = STATE_DIR / f"{name}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+
+        def take() -> str | None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return os.pread(fd, 128, 0).decode(errors="replace").strip() or "unknown"
+            return None
+
+        # On timeout the message shows the last holder seen (its pid and clone).
+        wait_for(take, lambda holder: holder is None, timeout=timeout, interval=0.5,
+                 what=f"{path}, held by another run")  # fmt: skip
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}, {REPO}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
 def wait_for(
     observe: Callable[[], T],
     accept: Callable[[T], object] = bool,

@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 import itertools
+import os
+import secrets
+import subprocess
+import sys
 
 import pytest
 
-from tests.sandbox import WaitTimeout, retry_until, wait_equal, wait_for
+from tests.sandbox import (
+    REPO,
+    STATE_DIR,
+    WaitTimeout,
+    machine_lock,
+    retry_until,
+    wait_equal,
+    wait_for,
+)
 
 
 def test_wait_for_returns_the_first_accepted_value() -> None:
@@ -56,3 +68,32 @@ def test_the_condition_is_tried_again_at_the_deadline() -> None:
     """A long interval does not make the wait give up early: one more try at the deadline."""
     calls = itertools.count(1)
     assert 2 == wait_for(lambda: next(calls), lambda n: n >= 2, timeout=0.1, interval=30)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the machine's locks live in /run/gtd-sandbox")
+def test_machine_lock_waits_for_another_run_and_says_who_holds_it() -> None:
+    """A second run waits at the lock, names the holder on timeout, and gets it once free."""
+    name = f"test-{secrets.token_hex(4)}"
+    code = (
+        "import sys\nfrom tests.sandbox import machine_lock\n"
+        f"with machine_lock({name!r}, 10):\n    print('held', flush=True)\n    sys.stdin.read()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdin is not None
+    assert holder.stdout is not None
+    try:
+        assert "held" == holder.stdout.readline().strip()
+        with pytest.raises(WaitTimeout) as caught, machine_lock(name, 0.5):
+            pytest.fail("the lock was taken while another run held it")
+        assert f"pid {holder.pid}, {REPO}" == caught.value.seen
+        holder.stdin.close()
+        assert 0 == holder.wait(10)
+        with machine_lock(name, 5):
+            pass  # free again once the holder ended
+    finally:
+        holder.kill()
+        holder.wait()
+        (STATE_DIR / f"{name}.lock").unlink(missing_ok=True)

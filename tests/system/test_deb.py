@@ -22,7 +22,7 @@ import pytest
 
 from gtd import events
 from tests.conftest import FAKE_AGENT
-from tests.sandbox import UserManager, retry_until, wait_for
+from tests.sandbox import UserManager, machine_lock, retry_until, wait_for
 from tests.system.towns import DAEMON, REPO, TMUX, Town
 
 if t.TYPE_CHECKING:
@@ -74,7 +74,14 @@ def installed_version() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def debs(tmp_path_factory: pytest.TempPathFactory) -> Debs:
+def one_run_installs() -> Iterator[None]:
+    """The package is the machine's: another clone's run waits until this module is done."""
+    with machine_lock("deb-package", timeout=1800):
+        yield
+
+
+@pytest.fixture(scope="module")
+def debs(tmp_path_factory: pytest.TempPathFactory, one_run_installs: None) -> Debs:
     """Build both packages once for this module, outside the repository."""
     if installed_version() is not None:
         pytest.fail("a gtd package is installed already; this test would replace it")
