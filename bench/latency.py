@@ -18,6 +18,7 @@ import typing as t
 
 from bench.common import Row, percentile, samples, summary
 from bench.service import DAEMON, NOTIFY_UNIT
+from tests.sandbox import wait_or_kill
 
 if t.TYPE_CHECKING:
     from bench.service import ServiceBench
@@ -90,11 +91,7 @@ class SessionWatch:
         with contextlib.suppress(OSError):
             if self.proc.stdin is not None:
                 self.proc.stdin.close()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
+        wait_or_kill(self.proc)
 
 
 def exec_to_session(bench: ServiceBench) -> None:

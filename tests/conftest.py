@@ -16,7 +16,7 @@ import typing as t
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.sandbox import wait_for
+from tests.sandbox import wait_for, wait_or_kill
 
 # Timing-based health checks and deadlines fail on a loaded 2-core CI machine, not on
 # wrong code; property failures still fail.
@@ -110,11 +110,7 @@ class TmuxServer:
         with contextlib.suppress(Exception):
             self.cmd("kill-server", check=False)
         if self.process is not None:
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+            wait_or_kill(self.process)
         with contextlib.suppress(OSError):
             base = pathlib.Path(self.env.get("TMUX_TMPDIR", "/tmp"))
             (base / f"tmux-{os.geteuid()}" / self.socket).unlink()

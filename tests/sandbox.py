@@ -224,6 +224,19 @@ def _context(context: Callable[[], object] | None) -> str:
     return f"{describe(context)}:\n{value}"
 
 
+def wait_or_kill(process: subprocess.Popen[t.Any], grace: float = 5.0) -> int | None:
+    """Wait up to *grace* seconds for *process* to exit, else SIGKILL and reap it.
+
+    Returns its exit status when it ended by itself, None when it had to be killed.
+    """
+    try:
+        return process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+        return None
+
+
 @contextlib.contextmanager
 def machine_lock(name: str, timeout: float) -> t.Iterator[None]:
     """Hold ``/run/gtd-sandbox/NAME.lock``: one run on this machine at a time, for *name*.

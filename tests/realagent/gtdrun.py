@@ -39,6 +39,7 @@ from tests.realagent.harness import (
     claude_code_pid,
     show,
 )
+from tests.sandbox import wait_or_kill
 from tests.test_daemon import NotifySocket
 
 if t.TYPE_CHECKING:
@@ -301,12 +302,7 @@ class GtdRun:
             return None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            return None
+        return wait_or_kill(self.proc, 10)
 
     def stop(self) -> None:
         """Stop the daemon, the tmux server and every agent process; close the socket."""

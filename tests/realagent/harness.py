@@ -32,7 +32,7 @@ import typing as t
 from gtd.claude import ClaudeCode
 from gtd.screen import Condition, Reading, Screen
 from gtd.tmux import SCREEN_FORMAT, SEP, Tmux
-from tests.sandbox import default_user
+from tests.sandbox import default_user, wait_or_kill
 
 if t.TYPE_CHECKING:
     from tests.fakeapi import FakeAPI
@@ -436,11 +436,7 @@ class RealAgent:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         if self._server is not None:
-            try:
-                self._server.wait(5)
-            except subprocess.TimeoutExpired:
-                self._server.kill()
-                self._server.wait(5)
+            wait_or_kill(self._server)
         uid = self.pw.pw_uid if isinstance(self.tmux, UserTmux) else os.geteuid()
         with contextlib.suppress(OSError):
             (pathlib.Path("/tmp") / f"tmux-{uid}" / self.tmux.socket).unlink()
