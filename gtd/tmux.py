@@ -74,6 +74,14 @@ class PaneInfo:
     current_command: str
 
 
+def _one_pane(stdout: str, problem: str, subcommand: str) -> PaneInfo:
+    """The pane a ``display-message -F PANE_FORMAT`` printed; TmuxError(*problem*) if none."""
+    panes = parse_panes(stdout)
+    if not panes:
+        raise TmuxError(problem, subcommand=subcommand)
+    return panes[0]
+
+
 def parse_panes(stdout: str, prefix: str = "") -> list[PaneInfo]:
     r"""Parse ``list-panes -a -F PANE_FORMAT`` output; lines that do not fit are skipped.
 
@@ -275,11 +283,7 @@ class Tmux:
     def pane(self, target: str) -> PaneInfo:
         """One pane (or a session's active pane) by target."""
         result = self.run("display-message", "-p", "-t", target, "-F", PANE_FORMAT)
-        panes = parse_panes(result.stdout)
-        if not panes:
-            msg = f"can't find pane: {target}"
-            raise TmuxError(msg, subcommand="display-message")
-        return panes[0]
+        return _one_pane(result.stdout, f"can't find pane: {target}", "display-message")
 
     # -- spawning ------------------------------------------------------------
 
@@ -332,11 +336,8 @@ class Tmux:
             ";", "set-option", "-p", "-t", pane_id, "@gtd_agent", tag,
             ";", "display-message", "-p", "-t", pane_id, "-F", PANE_FORMAT,
         )  # fmt: skip
-        panes = parse_panes(result.stdout)
-        if not panes:
-            msg = f"no pane reported after respawning {pane_id}: {result.stdout!r}"
-            raise TmuxError(msg, subcommand="respawn-pane")
-        return panes[0]
+        problem = f"no pane reported after respawning {pane_id}: {result.stdout!r}"
+        return _one_pane(result.stdout, problem, "respawn-pane")
 
     def kill_session(self, name: str) -> None:
         """Kill a session by exact name; a missing session is not an error."""
