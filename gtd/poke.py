@@ -152,10 +152,9 @@ def poke(
     refused = _refusal(screen, reading, allow_limited=allow_limited)
     if refused is not None:
         return refused
-    tmux.send_literal(pane_id, text)
-    echoed = _wait(lambda r: r.input != text and _could_become(r, text), tmux, pane_id, ui,
-                   settle, clock, sleep)  # fmt: skip
     waits = _Waits(tmux, pane_id, ui, text, settle, clock, sleep, allow_limited)
+    tmux.send_literal(pane_id, text)
+    echoed = waits.wait(lambda r: r.input != text and _could_become(r, text))
     if echoed.input != text or not _ready(echoed, allow_limited):
         return waits.back_off(echoed, 0)
     enters = 0
@@ -174,7 +173,7 @@ def poke(
         enters += 1
         # A redraw may show no input box for a moment (a line agent between its echoed
         # newline and its next prompt): wait through it, up to settle, before judging.
-        last = _wait(lambda r: r.input in (text, None), tmux, pane_id, ui, settle, clock, sleep)
+        last = waits.wait(lambda r: r.input in (text, None))
         if last.input == "":
             return PokeOutcome(True, DELIVERED, "", last, enters)
         if last.input != text:
@@ -208,27 +207,9 @@ def _could_become(reading: Reading, text: str) -> bool:
     return reading.input is not None and text.startswith(reading.input)
 
 
-def _wait(
-    keep_waiting: t.Callable[[Reading], bool],
-    tmux: Keyboard,
-    pane_id: str,
-    ui: AgentUI,
-    settle: float,
-    clock: t.Callable[[], float],
-    sleep: t.Callable[[float], None],
-) -> Reading:
-    """Read every 20 ms while *keep_waiting* holds, at most *settle* seconds; the last reading."""
-    deadline = clock() + settle
-    while True:
-        reading = ui.read(tmux.screen(pane_id))
-        if not keep_waiting(reading) or clock() >= deadline:
-            return reading
-        sleep(POLL)
-
-
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Waits:
-    """One poke's context, for backing off."""
+    """One poke's context: the pane, its reader, the text and the time it may take."""
 
     tmux: Keyboard
     pane_id: str
@@ -238,6 +219,15 @@ class _Waits:
     clock: t.Callable[[], float]
     sleep: t.Callable[[float], None]
     allow_limited: bool
+
+    def wait(self, keep_waiting: t.Callable[[Reading], bool]) -> Reading:
+        """Read every 20 ms while *keep_waiting* holds, at most *settle* seconds; the last."""
+        deadline = self.clock() + self.settle
+        while True:
+            reading = self.ui.read(self.tmux.screen(self.pane_id))
+            if not keep_waiting(reading) or self.clock() >= deadline:
+                return reading
+            self.sleep(POLL)
 
     def back_off(self, seen: Reading, enters: int) -> PokeOutcome:
         """Erase the poke's own text from the end of the box and say why it stopped.
@@ -256,15 +246,13 @@ class _Waits:
         elif seen.input is not None and text.startswith(seen.input) and not enters:
             reason, detail = NOT_ECHOED, "the typed text did not show in the input box"
             # A stalled agent may still echo it: give it one more settle, then erase it.
-            seen = _wait(lambda r: r.input != text and _could_become(r, text), self.tmux,
-                         self.pane_id, self.ui, self.settle, self.clock, self.sleep)  # fmt: skip
+            seen = self.wait(lambda r: r.input != text and _could_become(r, text))
         else:
             reason, detail = DISTURBED, "the input box changed during the poke"
         if seen.input is not None and seen.input.endswith(text):
             keep = seen.input[: -len(text)]
             self.tmux.send_key(self.pane_id, *["BSpace"] * len(text))
-            seen = _wait(lambda r: r.input != keep, self.tmux, self.pane_id, self.ui,
-                         self.settle, self.clock, self.sleep)  # fmt: skip
+            seen = self.wait(lambda r: r.input != keep)
             if seen.input != keep:
                 logger.warning(
                     "poke of %s: the input box holds %r after erasing the poke's text",
@@ -277,8 +265,7 @@ class _Waits:
             # the front, then put the cursor back at the end where theirs was.
             keep = seen.input[len(text) :]
             self.tmux.send_key(self.pane_id, "Home", *["DC"] * len(text), "End")
-            seen = _wait(lambda r: r.input != keep, self.tmux, self.pane_id, self.ui,
-                         self.settle, self.clock, self.sleep)  # fmt: skip
+            seen = self.wait(lambda r: r.input != keep)
         elif seen.input and text in seen.input:
             logger.warning(
                 "poke of %s: left %r in the input box (it changed around the poke's text)",
